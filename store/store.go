@@ -1,0 +1,225 @@
+// Package store is the S3 layout s3snap reads and writes: images kept in a
+// bucket (under an optional key prefix) exactly where CNCF Distribution's s3
+// storage driver keeps them, so a stock registry can serve the same bucket.
+//
+// It writes blobs (verified while uploading), links them into repositories,
+// stores manifests by digest and publishes tags last, only once everything a
+// tag reaches is in place. It knows nothing of where images come from or of
+// nodes; reading blob bytes fast is the fetcher's job.
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
+
+	"github.com/s3snap/s3snap/fetcher"
+)
+
+var (
+	// ErrNotFound is returned when a blob, manifest, tag or repository is
+	// not in the store.
+	ErrNotFound = errors.New("not found")
+	// ErrDigestMismatch is returned when content does not hash to the digest
+	// it was stored or asked for under.
+	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrSizeMismatch is returned when content is not the size it claimed.
+	ErrSizeMismatch = errors.New("size mismatch")
+	// ErrInvalidName is returned for a malformed repository, tag or digest.
+	ErrInvalidName = errors.New("invalid name")
+	// ErrMissingReference is returned when a manifest or tag would point at
+	// content that is not in the store yet.
+	ErrMissingReference = errors.New("missing reference")
+	// ErrInvalidManifest is returned for content that is not a manifest s3snap
+	// understands.
+	ErrInvalidManifest = errors.New("invalid manifest")
+)
+
+// Client is the subset of *s3.Client the store uses: the uploader's calls,
+// the fetcher's reads, listing and deleting.
+type Client interface {
+	manager.UploadAPIClient
+	fetcher.API
+	s3.ListObjectsV2APIClient
+	DeleteObject(ctx context.Context, in *s3.DeleteObjectInput, optFns ...func(*s3.Options)) (*s3.DeleteObjectOutput, error)
+}
+
+// Store is one bucket + prefix holding images in Distribution's layout. It
+// is safe for concurrent use; every write is idempotent.
+type Store struct {
+	client  Client
+	bucket  string
+	prefix  string
+	layout  layout
+	fetch   *fetcher.Fetcher
+	upload  *manager.Uploader
+	maxMeta int64
+}
+
+type options struct {
+	prefix            string
+	fetcher           *fetcher.Fetcher
+	uploadPartSize    int64
+	uploadConcurrency int
+}
+
+// Option configures a Store.
+type Option func(*options)
+
+// WithPrefix roots the layout at prefix (Distribution's rootdirectory).
+func WithPrefix(prefix string) Option { return func(o *options) { o.prefix = prefix } }
+
+// WithFetcher sets the fetcher blobs are read with (default: fetcher.New
+// with its defaults).
+func WithFetcher(f *fetcher.Fetcher) Option { return func(o *options) { o.fetcher = f } }
+
+// WithUpload sets the multipart part size and the parts one blob upload
+// keeps in flight. Memory per upload is about partSize*concurrency.
+func WithUpload(partSize int64, concurrency int) Option {
+	return func(o *options) { o.uploadPartSize, o.uploadConcurrency = partSize, concurrency }
+}
+
+// New returns the store in bucket. It makes no request.
+func New(client Client, bucket string, opts ...Option) *Store {
+	o := options{uploadPartSize: 16 << 20, uploadConcurrency: 4}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.fetcher == nil {
+		o.fetcher = fetcher.New(client)
+	}
+	return &Store{
+		client: client,
+		bucket: bucket,
+		prefix: o.prefix,
+		layout: newLayout(o.prefix),
+		fetch:  o.fetcher,
+		upload: manager.NewUploader(client, func(u *manager.Uploader) {
+			u.PartSize = max(o.uploadPartSize, manager.MinUploadPartSize)
+			u.Concurrency = max(o.uploadConcurrency, 1)
+			u.LeavePartsOnError = false // a failed upload leaves nothing behind
+		}),
+		maxMeta: 4 << 20, // Distribution's own manifest size limit
+	}
+}
+
+// Bucket is the store's bucket.
+func (s *Store) Bucket() string { return s.bucket }
+
+// Prefix is the store's key prefix ("" for none).
+func (s *Store) Prefix() string { return s.prefix }
+
+// URL is the store's location as s3://bucket[/prefix].
+func (s *Store) URL() string {
+	if s.prefix == "" {
+		return "s3://" + s.bucket
+	}
+	return "s3://" + s.bucket + "/" + s.prefix
+}
+
+// isNotFound reports whether an S3 error means the key (or bucket) is absent.
+func isNotFound(err error) bool {
+	var re *smithyhttp.ResponseError
+	if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotFound {
+		return true
+	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "NoSuchKey", "NotFound", "NoSuchBucket":
+			return true
+		}
+	}
+	return errors.Is(err, fetcher.ErrNotFound)
+}
+
+// getSmall reads a small object (a link, a manifest) whole.
+func (s *Store) getSmall(ctx context.Context, key string) ([]byte, error) {
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
+	if err != nil {
+		if isNotFound(err) {
+			return nil, fmt.Errorf("s3://%s/%s: %w", s.bucket, key, ErrNotFound)
+		}
+		return nil, fmt.Errorf("get s3://%s/%s: %w", s.bucket, key, err)
+	}
+	defer out.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Body, s.maxMeta+1))
+	if err != nil {
+		return nil, fmt.Errorf("read s3://%s/%s: %w", s.bucket, key, err)
+	}
+	if int64(len(b)) > s.maxMeta {
+		return nil, fmt.Errorf("s3://%s/%s is larger than %d bytes: %w", s.bucket, key, s.maxMeta, ErrInvalidManifest)
+	}
+	return b, nil
+}
+
+// putSmall writes a small object in one PutObject.
+func (s *Store) putSmall(ctx context.Context, key string, body []byte) error {
+	_, err := s.client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket:        &s.bucket,
+		Key:           &key,
+		Body:          bytes.NewReader(body),
+		ContentLength: aws.Int64(int64(len(body))),
+		ContentType:   aws.String("application/octet-stream"),
+	})
+	if err != nil {
+		return fmt.Errorf("put s3://%s/%s: %w", s.bucket, key, err)
+	}
+	return nil
+}
+
+// exists reports whether key is present.
+func (s *Store) exists(ctx context.Context, key string) (bool, error) {
+	_, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key})
+	if err == nil {
+		return true, nil
+	}
+	if isNotFound(err) {
+		return false, nil
+	}
+	return false, fmt.Errorf("head s3://%s/%s: %w", s.bucket, key, err)
+}
+
+// list returns every key under prefix (no delimiter).
+func (s *Store) list(ctx context.Context, prefix string, fn func(key string) error) error {
+	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			if isNotFound(err) {
+				return fmt.Errorf("bucket %s: %w", s.bucket, ErrNotFound)
+			}
+			return fmt.Errorf("list s3://%s/%s: %w", s.bucket, prefix, err)
+		}
+		for _, o := range page.Contents {
+			if err := fn(aws.ToString(o.Key)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// listOne calls found if any key exists under prefix.
+func (s *Store) listOne(ctx context.Context, prefix string, found func()) error {
+	out, err := s.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix, MaxKeys: aws.Int32(1)})
+	if err != nil {
+		if isNotFound(err) {
+			return fmt.Errorf("bucket %s: %w", s.bucket, ErrNotFound)
+		}
+		return fmt.Errorf("list s3://%s/%s: %w", s.bucket, prefix, err)
+	}
+	if len(out.Contents) > 0 {
+		found()
+	}
+	return nil
+}

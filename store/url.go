@@ -1,0 +1,91 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// URL is a parsed s3://bucket[/path][:tag|@digest] location. Path holds the
+// key prefix and the repository name together: where one ends and the other
+// begins is only known by looking at the bucket (Locate).
+type URL struct {
+	Bucket string
+	Path   string // no leading or trailing slash
+	Tag    string
+	Digest digest.Digest
+}
+
+// ParseURL parses s3://bucket[/path][:tag|@sha256:hex].
+func ParseURL(s string) (URL, error) {
+	rest, ok := strings.CutPrefix(s, "s3://")
+	if !ok {
+		return URL{}, fmt.Errorf("%q: want s3://bucket[/prefix][/repo[:tag|@digest]]: %w", s, ErrInvalidName)
+	}
+	var u URL
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		d, err := digest.Parse(rest[at+1:])
+		if err != nil {
+			return URL{}, fmt.Errorf("%q: bad digest: %w: %v", s, ErrInvalidName, err)
+		}
+		u.Digest, rest = d, rest[:at]
+	}
+	// A tag is a ':' in the last path segment (bucket names can't hold one).
+	if slash := strings.LastIndex(rest, "/"); slash >= 0 {
+		if colon := strings.LastIndex(rest[slash:], ":"); colon >= 0 {
+			u.Tag, rest = rest[slash+colon+1:], rest[:slash+colon]
+			if err := ValidateTag(u.Tag); err != nil {
+				return URL{}, fmt.Errorf("%q: %w", s, err)
+			}
+		}
+	}
+	u.Bucket, u.Path, _ = strings.Cut(rest, "/")
+	u.Path = strings.Trim(u.Path, "/")
+	if u.Bucket == "" || strings.Contains(u.Bucket, ":") {
+		return URL{}, fmt.Errorf("%q: no bucket: %w", s, ErrInvalidName)
+	}
+	if (u.Tag != "" || u.Digest != "") && u.Path == "" {
+		return URL{}, fmt.Errorf("%q: a tag or digest needs a repository: %w", s, ErrInvalidName)
+	}
+	return u, nil
+}
+
+// String formats u back as an s3:// URL.
+func (u URL) String() string {
+	s := "s3://" + u.Bucket
+	if u.Path != "" {
+		s += "/" + u.Path
+	}
+	if u.Tag != "" {
+		s += ":" + u.Tag
+	}
+	if u.Digest != "" {
+		s += "@" + u.Digest.String()
+	}
+	return s
+}
+
+// Locate splits u.Path into a store prefix and a repository name by finding
+// where the bucket holds a registry root (<prefix>/docker/registry/v2/),
+// trying the shortest prefix first. It returns ErrNotFound when no prefix of
+// the path holds one.
+func Locate(ctx context.Context, client Client, u URL) (prefix, repo string, err error) {
+	parts := []string{}
+	if u.Path != "" {
+		parts = strings.Split(u.Path, "/")
+	}
+	for i := 0; i <= len(parts); i++ {
+		prefix = strings.Join(parts[:i], "/")
+		found := false
+		s := New(client, u.Bucket, WithPrefix(prefix))
+		if err := s.listOne(ctx, s.layout.root+"/", func() { found = true }); err != nil {
+			return "", "", err
+		}
+		if found {
+			return prefix, strings.Join(parts[i:], "/"), nil
+		}
+	}
+	return "", "", fmt.Errorf("no registry layout (docker/registry/v2/) under %s: %w", u, ErrNotFound)
+}
