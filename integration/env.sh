@@ -20,6 +20,7 @@ VERSITYGW_VERSION=v1.8.0
 DISTRIBUTION_VERSION=v3.1.2
 CRANE_VERSION=v0.22.1
 CONTAINERD_VERSION=v2.4.2
+STATICCHECK_VERSION=v0.8.2
 
 CACHE=${S3SNAP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/s3snap}
 BIN=$CACHE/bin
@@ -51,7 +52,6 @@ install_debs() {
   command -v runc >/dev/null || missing+=(runc)
   command -v fusermount3 >/dev/null || missing+=(fuse3)
   command -v curl >/dev/null || missing+=(curl)
-  command -v systemd-analyze >/dev/null || missing+=(systemd)
   [[ ${#missing[@]} -eq 0 ]] && return 0
   [[ $(id -u) -eq 0 ]] || die "need root to apt-get install ${missing[*]}"
   log "apt-get install ${missing[*]}"
@@ -68,6 +68,7 @@ install() {
   gobuild github.com/containerd/containerd/v2/cmd/containerd "$CONTAINERD_VERSION" containerd
   gobuild github.com/containerd/containerd/v2/cmd/ctr "$CONTAINERD_VERSION" ctr
   gobuild github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 "$CONTAINERD_VERSION" containerd-shim-runc-v2
+  gobuild honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION" staticcheck
 }
 
 running() { [[ -f "$STATE/$1.pid" ]] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }

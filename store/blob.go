@@ -75,6 +75,7 @@ func (s *Store) PutBlob(ctx context.Context, d digest.Digest, size int64, r io.R
 		Body:        vr,
 		ContentType: aws.String("application/octet-stream"),
 	}
+	//lint:ignore SA1019 manager is deprecated but stable; see Store.upload
 	if _, err := s.upload.Upload(ctx, in); err != nil {
 		// The verifying reader's own error is the one worth reporting.
 		if vr.err != nil {

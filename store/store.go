@@ -56,12 +56,14 @@ type Client interface {
 // Store is one bucket + prefix holding images in Distribution's layout. It
 // is safe for concurrent use; every write is idempotent.
 type Store struct {
-	client  Client
-	bucket  string
-	prefix  string
-	layout  layout
-	fetch   *fetcher.Fetcher
-	upload  *manager.Uploader
+	client Client
+	bucket string
+	prefix string
+	layout layout
+	fetch  *fetcher.Fetcher
+	// manager is deprecated in favour of the pre-1.0 transfermanager; it is
+	// the stable, well-tested multipart uploader, so we keep it for now.
+	upload  *manager.Uploader //lint:ignore SA1019 see above
 	maxMeta int64
 }
 
@@ -103,6 +105,7 @@ func New(client Client, bucket string, opts ...Option) *Store {
 		prefix: o.prefix,
 		layout: newLayout(o.prefix),
 		fetch:  o.fetcher,
+		//lint:ignore SA1019 manager is deprecated but stable; see Store.upload
 		upload: manager.NewUploader(client, func(u *manager.Uploader) {
 			u.PartSize = max(o.uploadPartSize, manager.MinUploadPartSize)
 			u.Concurrency = max(o.uploadConcurrency, 1)
