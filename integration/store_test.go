@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"io"
 	"runtime"
@@ -138,7 +139,61 @@ func TestStoreServedByStockRegistry(t *testing.T) {
 		}
 		// The manifest itself stays, by digest.
 		testenv.Run(t, crane, "digest", "--insecure", reg.Addr+"/team/app/api@"+single.Digest.String())
+		if tags, err := st.ListTags(ctx, "team/app/api"); err != nil || len(tags) != 0 {
+			t.Errorf("ListTags after DeleteTag = %v, %v; want none", tags, err)
+		}
+		if err := st.DeleteTag(ctx, "team/app/api", "v1"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("second DeleteTag = %v, want ErrNotFound", err)
+		}
 	})
+}
+
+// TestStoreLocate finds where the prefix ends and the repository begins, and
+// tells a missing bucket from a missing key.
+func TestStoreLocate(t *testing.T) {
+	e := testenv.S3(t)
+	bucket := e.NewBucket(t)
+	client := e.Client(t)
+	ctx := context.Background()
+	im := testenv.NewImage(t, hostPlatform(), []testenv.File{{Name: "f", Data: []byte("x")}})
+	// Two roots: one at the bucket's top holding "other", one under "a/b" holding "app".
+	top := store.New(client, bucket)
+	testenv.PutImage(t, top, "other", im)
+	nested := store.New(client, bucket, store.WithPrefix("a/b"))
+	testenv.PutImage(t, nested, "app", im)
+
+	for _, tc := range []struct {
+		url, prefix, repo string
+	}{
+		{"s3://" + bucket, "", ""},
+		{"s3://" + bucket + "/other", "", "other"},
+		{"s3://" + bucket + "/a/b/app:v1", "a/b", "app"},
+		{"s3://" + bucket + "/a/b", "", "a/b"}, // no repository a/b anywhere: the shortest root
+	} {
+		u, err := store.ParseURL(tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefix, repo, err := store.Locate(ctx, client, u)
+		if err != nil || prefix != tc.prefix || repo != tc.repo {
+			t.Errorf("Locate(%s) = %q, %q, %v; want %q, %q", tc.url, prefix, repo, err, tc.prefix, tc.repo)
+		}
+	}
+	u, _ := store.ParseURL("s3://" + bucket + "-missing/app")
+	if _, _, err := store.Locate(ctx, client, u); !errors.Is(err, store.ErrNoSuchBucket) {
+		t.Errorf("Locate in a missing bucket = %v, want ErrNoSuchBucket", err)
+	}
+	missing := store.New(client, bucket+"-missing")
+	// A HEAD's 404 can't tell a missing bucket from a missing key; the write can.
+	if _, err := missing.PutBlob(ctx, digest.FromString("x"), 1, strings.NewReader("x")); !errors.Is(err, store.ErrNoSuchBucket) {
+		t.Errorf("PutBlob into a missing bucket = %v, want ErrNoSuchBucket", err)
+	}
+	if _, err := missing.ListRepositories(ctx); !errors.Is(err, store.ErrNoSuchBucket) {
+		t.Errorf("ListRepositories of a missing bucket = %v, want ErrNoSuchBucket", err)
+	}
+	if _, err := top.StatBlob(ctx, digest.FromString("absent")); !errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrNoSuchBucket) {
+		t.Errorf("StatBlob of an absent blob = %v, want ErrNotFound only", err)
+	}
 }
 
 // TestStoreReadsWhatRegistryWrote is the other direction: an image pushed
@@ -275,6 +330,22 @@ func TestStoreRejectsBadContent(t *testing.T) {
 	t.Run("index with missing child", func(t *testing.T) {
 		if _, err := st.PutManifest(ctx, "app", testenv.NewIndex(t, im)); !errors.Is(err, store.ErrMissingReference) {
 			t.Fatalf("PutManifest(index) err = %v, want ErrMissingReference", err)
+		}
+	})
+	t.Run("manifest whose blob has another size", func(t *testing.T) {
+		for d, b := range im.Blobs() {
+			if _, err := st.PutBlob(ctx, d, int64(len(b)), bytes.NewReader(b)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var m map[string]any
+		if err := json.Unmarshal(im.Manifest, &m); err != nil {
+			t.Fatal(err)
+		}
+		m["layers"].([]any)[0].(map[string]any)["size"] = 999
+		bad, _ := json.Marshal(m)
+		if _, err := st.PutManifest(ctx, "app", bad); !errors.Is(err, store.ErrSizeMismatch) {
+			t.Fatalf("PutManifest err = %v, want ErrSizeMismatch", err)
 		}
 	})
 	t.Run("tag of a missing manifest", func(t *testing.T) {

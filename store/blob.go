@@ -32,7 +32,7 @@ func (s *Store) StatBlob(ctx context.Context, d digest.Digest) (BlobInfo, error)
 	obj, err := s.fetch.Stat(ctx, s.bucket, key)
 	if err != nil {
 		if isNotFound(err) {
-			return BlobInfo{}, fmt.Errorf("blob %s: %w", d, ErrNotFound)
+			return BlobInfo{}, s.notFound(err, "blob "+d.String())
 		}
 		return BlobInfo{}, fmt.Errorf("stat blob %s: %w", d, err)
 	}
@@ -80,6 +80,9 @@ func (s *Store) PutBlob(ctx context.Context, d digest.Digest, size int64, r io.R
 		// The verifying reader's own error is the one worth reporting.
 		if vr.err != nil {
 			return false, fmt.Errorf("put blob %s: %w", d, vr.err)
+		}
+		if isNoSuchBucket(err) {
+			return false, s.notFound(err, "put blob "+d.String())
 		}
 		var mu manager.MultiUploadFailure
 		if errors.As(err, &mu) {
@@ -179,7 +182,7 @@ func (s *Store) readLink(ctx context.Context, key string) (digest.Digest, error)
 	}
 	d, err := digest.Parse(string(b))
 	if err != nil {
-		return "", fmt.Errorf("link s3://%s/%s holds %q: %w", s.bucket, key, truncate(b, 80), ErrInvalidName)
+		return "", fmt.Errorf("link s3://%s/%s holds %q: %w", s.bucket, key, truncate(b, 80), ErrCorrupt)
 	}
 	return d, nil
 }

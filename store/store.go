@@ -42,6 +42,12 @@ var (
 	// ErrInvalidManifest is returned for content that is not a manifest s3snap
 	// understands.
 	ErrInvalidManifest = errors.New("invalid manifest")
+	// ErrCorrupt is returned when an object in the bucket is damaged (a link
+	// that names no digest), as opposed to bad input from the caller.
+	ErrCorrupt = errors.New("corrupt object")
+	// ErrNoSuchBucket is returned when the bucket itself is missing; it is
+	// also an ErrNotFound.
+	ErrNoSuchBucket = fmt.Errorf("no such bucket: %w", ErrNotFound)
 )
 
 // Client is the subset of *s3.Client the store uses: the uploader's calls,
@@ -129,6 +135,21 @@ func (s *Store) URL() string {
 	return "s3://" + s.bucket + "/" + s.prefix
 }
 
+// isNoSuchBucket reports whether an S3 error means the bucket is absent.
+func isNoSuchBucket(err error) bool {
+	var ae smithy.APIError
+	return errors.As(err, &ae) && ae.ErrorCode() == "NoSuchBucket"
+}
+
+// notFound wraps an S3 not-found error for what, telling a missing bucket
+// from a missing key.
+func (s *Store) notFound(err error, what string) error {
+	if isNoSuchBucket(err) {
+		return fmt.Errorf("%s: bucket %s: %w", what, s.bucket, ErrNoSuchBucket)
+	}
+	return fmt.Errorf("%s: %w", what, ErrNotFound)
+}
+
 // isNotFound reports whether an S3 error means the key (or bucket) is absent.
 func isNotFound(err error) bool {
 	var re *smithyhttp.ResponseError
@@ -150,7 +171,7 @@ func (s *Store) getSmall(ctx context.Context, key string) ([]byte, error) {
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
 	if err != nil {
 		if isNotFound(err) {
-			return nil, fmt.Errorf("s3://%s/%s: %w", s.bucket, key, ErrNotFound)
+			return nil, s.notFound(err, "s3://"+s.bucket+"/"+key)
 		}
 		return nil, fmt.Errorf("get s3://%s/%s: %w", s.bucket, key, err)
 	}
@@ -186,8 +207,11 @@ func (s *Store) exists(ctx context.Context, key string) (bool, error) {
 	if err == nil {
 		return true, nil
 	}
-	if isNotFound(err) {
+	if isNotFound(err) && !isNoSuchBucket(err) {
 		return false, nil
+	}
+	if isNotFound(err) {
+		return false, s.notFound(err, "head s3://"+s.bucket+"/"+key)
 	}
 	return false, fmt.Errorf("head s3://%s/%s: %w", s.bucket, key, err)
 }
@@ -199,7 +223,7 @@ func (s *Store) list(ctx context.Context, prefix string, fn func(key string) err
 		page, err := p.NextPage(ctx)
 		if err != nil {
 			if isNotFound(err) {
-				return fmt.Errorf("bucket %s: %w", s.bucket, ErrNotFound)
+				return s.notFound(err, "list s3://"+s.bucket+"/"+prefix)
 			}
 			return fmt.Errorf("list s3://%s/%s: %w", s.bucket, prefix, err)
 		}
@@ -217,7 +241,7 @@ func (s *Store) listOne(ctx context.Context, prefix string, found func()) error 
 	out, err := s.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix, MaxKeys: aws.Int32(1)})
 	if err != nil {
 		if isNotFound(err) {
-			return fmt.Errorf("bucket %s: %w", s.bucket, ErrNotFound)
+			return s.notFound(err, "list s3://"+s.bucket+"/"+prefix)
 		}
 		return fmt.Errorf("list s3://%s/%s: %w", s.bucket, prefix, err)
 	}

@@ -68,24 +68,42 @@ func (u URL) String() string {
 }
 
 // Locate splits u.Path into a store prefix and a repository name by finding
-// where the bucket holds a registry root (<prefix>/docker/registry/v2/),
-// trying the shortest prefix first. It returns ErrNotFound when no prefix of
-// the path holds one.
+// where the bucket holds a registry root (<prefix>/docker/registry/v2/).
+// Where several prefixes of the path hold one, the one that holds the
+// repository wins, then the shortest. It returns ErrNotFound when no prefix
+// of the path holds a root.
 func Locate(ctx context.Context, client Client, u URL) (prefix, repo string, err error) {
 	parts := []string{}
 	if u.Path != "" {
 		parts = strings.Split(u.Path, "/")
 	}
+	first := -1
 	for i := 0; i <= len(parts); i++ {
-		prefix = strings.Join(parts[:i], "/")
-		found := false
-		s := New(client, u.Bucket, WithPrefix(prefix))
-		if err := s.listOne(ctx, s.layout.root+"/", func() { found = true }); err != nil {
+		s := New(client, u.Bucket, WithPrefix(strings.Join(parts[:i], "/")))
+		root := false
+		if err := s.listOne(ctx, s.layout.root+"/", func() { root = true }); err != nil {
 			return "", "", err
 		}
-		if found {
-			return prefix, strings.Join(parts[i:], "/"), nil
+		if !root {
+			continue
+		}
+		if first < 0 {
+			first = i
+		}
+		name := strings.Join(parts[i:], "/")
+		if name == "" || ValidateRepository(name) != nil {
+			continue
+		}
+		has := false
+		if err := s.listOne(ctx, s.layout.repo(name)+"/_manifests/", func() { has = true }); err != nil {
+			return "", "", err
+		}
+		if has {
+			return s.prefix, name, nil
 		}
 	}
-	return "", "", fmt.Errorf("no registry layout (docker/registry/v2/) under %s: %w", u, ErrNotFound)
+	if first < 0 {
+		return "", "", fmt.Errorf("no registry layout (docker/registry/v2/) under %s: %w", u, ErrNotFound)
+	}
+	return strings.Join(parts[:first], "/"), strings.Join(parts[first:], "/"), nil
 }
