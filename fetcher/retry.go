@@ -1,0 +1,193 @@
+package fetcher
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
+)
+
+// verdict says whether a failed attempt is worth another one.
+type verdict int
+
+const (
+	fatal     verdict = iota // give up now: retrying cannot help
+	retry                    // transient: retry after the normal backoff
+	retrySlow                // throttled: retry after a longer backoff
+)
+
+func (v verdict) String() string {
+	switch v {
+	case retry:
+		return "retry"
+	case retrySlow:
+		return "retry-slow"
+	default:
+		return "fatal"
+	}
+}
+
+var (
+	// errStalled: the attempt received nothing for the stall timeout.
+	errStalled = errors.New("no data received within stall timeout")
+	// errBodyEnded: the body ended before the last byte of the range.
+	errBodyEnded = errors.New("body ended early")
+)
+
+// throttleCodes are S3 (and S3-compatible) error codes asking the client to
+// slow down. They get the longer backoff whatever their HTTP status.
+var throttleCodes = map[string]bool{
+	"SlowDown":                 true,
+	"Throttling":               true,
+	"ThrottlingException":      true,
+	"RequestLimitExceeded":     true,
+	"TooManyRequests":          true,
+	"TooManyRequestsException": true,
+}
+
+// transientCodes are error codes S3 documents as safe to retry even though
+// some come with a 4xx status (RequestTimeout is a 400).
+var transientCodes = map[string]bool{
+	"RequestTimeout":          true,
+	"InternalError":           true,
+	"ServiceUnavailable":      true,
+	"RequestTimeoutException": true,
+}
+
+// classify decides whether err, from one attempt at one range, is retried.
+// The caller has already checked that its own context is still live, so a
+// context error here means the attempt was abandoned by the stall watchdog
+// only when it is errStalled.
+func classify(err error) verdict {
+	switch {
+	case err == nil:
+		return fatal
+	case errors.Is(err, errStalled), errors.Is(err, errBodyEnded):
+		return retry
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return fatal
+	case errors.Is(err, ErrBadRange), errors.Is(err, ErrObjectChanged),
+		errors.Is(err, ErrNotFound), errors.Is(err, ErrDigestMismatch):
+		return fatal
+	}
+
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) {
+		code := apiErr.ErrorCode()
+		if throttleCodes[code] {
+			return retrySlow
+		}
+		if transientCodes[code] {
+			return retry
+		}
+	}
+	if status, ok := httpStatus(err); ok {
+		switch status {
+		case http.StatusServiceUnavailable, http.StatusTooManyRequests:
+			return retrySlow
+		case http.StatusInternalServerError, http.StatusBadGateway,
+			http.StatusGatewayTimeout, http.StatusRequestTimeout:
+			return retry
+		}
+		// Any other status is an answer, not a transport failure: 403,
+		// 404, 412, 416 will not change on retry.
+		return fatal
+	}
+
+	// No HTTP response: the request or the body failed in transport.
+	var sendErr *smithyhttp.RequestSendError
+	if errors.As(err, &sendErr) {
+		return retry
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNABORTED) {
+		return retry
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return retry
+	}
+	return fatal
+}
+
+// httpStatus returns the status code of the response behind err, if any.
+func httpStatus(err error) (int, bool) {
+	// A send failure comes wrapped in a ResponseError too, with status 0:
+	// there was no response.
+	var re interface{ HTTPStatusCode() int }
+	if errors.As(err, &re) && re.HTTPStatusCode() > 0 {
+		return re.HTTPStatusCode(), true
+	}
+	return 0, false
+}
+
+// isNotFound reports a 404 or a code meaning the key (or bucket) is absent.
+func isNotFound(err error) bool {
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode() {
+		case "NoSuchKey", "NotFound", "NoSuchBucket":
+			return true
+		}
+	}
+	status, ok := httpStatus(err)
+	return ok && status == http.StatusNotFound
+}
+
+// isPreconditionFailed reports a 412: If-Match no longer matches.
+func isPreconditionFailed(err error) bool {
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode() == "PreconditionFailed" {
+		return true
+	}
+	status, ok := httpStatus(err)
+	return ok && status == http.StatusPreconditionFailed
+}
+
+// retryAfter returns the server's Retry-After, in seconds form, if it sent
+// one. S3 itself rarely does; proxies and S3-compatible servers may.
+func retryAfter(err error) (time.Duration, bool) {
+	var re *smithyhttp.ResponseError
+	if !errors.As(err, &re) || re.Response == nil || re.Response.Response == nil {
+		return 0, false
+	}
+	v := re.Response.Header.Get("Retry-After")
+	if v == "" {
+		return 0, false
+	}
+	secs, perr := strconv.Atoi(v)
+	if perr != nil || secs < 0 {
+		return 0, false
+	}
+	return time.Duration(secs) * time.Second, true
+}
+
+// backoff returns the delay before retry number n (1 for the first retry):
+// exponential from base, four times longer when throttled, capped at maxDelay,
+// with "equal jitter" (half fixed, half random from r in [0,1)) so that many
+// ranges failing together do not come back together, yet none retries at once.
+func backoff(n int, slow bool, base, maxDelay time.Duration, r float64) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	d := base
+	if slow {
+		d *= 4
+	}
+	for i := 1; i < n && d < maxDelay; i++ {
+		d *= 2
+	}
+	if d > maxDelay {
+		d = maxDelay
+	}
+	half := d / 2
+	return half + time.Duration(r*float64(d-half))
+}

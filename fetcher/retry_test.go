@@ -1,0 +1,169 @@
+package fetcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"syscall"
+	"testing"
+	"time"
+
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
+)
+
+// responseErr builds the error chain the SDK returns for an error response.
+func responseErr(status int, code string, header http.Header) error {
+	if header == nil {
+		header = http.Header{}
+	}
+	var apiErr error = &smithy.GenericAPIError{Code: code, Message: "test"}
+	if code == "" {
+		apiErr = errors.New("no body")
+	}
+	return &smithy.OperationError{
+		ServiceID:     "S3",
+		OperationName: "GetObject",
+		Err: &awshttp.ResponseError{
+			ResponseError: &smithyhttp.ResponseError{
+				Response: &smithyhttp.Response{Response: &http.Response{StatusCode: status, Header: header}},
+				Err:      apiErr,
+			},
+		},
+	}
+}
+
+func TestClassify(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want verdict
+	}{
+		{"slowdown", responseErr(503, "SlowDown", nil), retrySlow},
+		{"503 no code", responseErr(503, "", nil), retrySlow},
+		{"429", responseErr(429, "TooManyRequests", nil), retrySlow},
+		{"500", responseErr(500, "InternalError", nil), retry},
+		{"502", responseErr(502, "", nil), retry},
+		{"504", responseErr(504, "", nil), retry},
+		{"408", responseErr(408, "", nil), retry},
+		{"400 RequestTimeout", responseErr(400, "RequestTimeout", nil), retry},
+		{"403", responseErr(403, "AccessDenied", nil), fatal},
+		{"404", responseErr(404, "NoSuchKey", nil), fatal},
+		{"412", responseErr(412, "PreconditionFailed", nil), fatal},
+		{"416", responseErr(416, "InvalidRange", nil), fatal},
+		{"400", responseErr(400, "InvalidArgument", nil), fatal},
+		{"send failed in response error", &smithy.OperationError{Err: &awshttp.ResponseError{ResponseError: &smithyhttp.ResponseError{
+			Response: &smithyhttp.Response{Response: &http.Response{StatusCode: 0}},
+			Err:      &smithyhttp.RequestSendError{Err: &net.OpError{Op: "read", Err: syscall.ECONNRESET}},
+		}}}, retry},
+		{"send reset", &smithy.OperationError{Err: &smithyhttp.RequestSendError{Err: syscall.ECONNRESET}}, retry},
+		{"send refused", &smithyhttp.RequestSendError{Err: &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}}, retry},
+		{"body reset", &net.OpError{Op: "read", Err: syscall.ECONNRESET}, retry},
+		{"unexpected eof", io.ErrUnexpectedEOF, retry},
+		{"body ended", fmt.Errorf("%w: %w", errBodyEnded, io.ErrUnexpectedEOF), retry},
+		{"stalled", fmt.Errorf("%w: %w", errStalled, context.Canceled), retry},
+		{"canceled", context.Canceled, fatal},
+		{"deadline", fmt.Errorf("x: %w", context.DeadlineExceeded), fatal},
+		{"bad range", fmt.Errorf("%w: long", ErrBadRange), fatal},
+		{"changed", fmt.Errorf("%w: %w", ErrObjectChanged, responseErr(412, "PreconditionFailed", nil)), fatal},
+		{"not found", fmt.Errorf("%w: %w", ErrNotFound, responseErr(404, "NoSuchKey", nil)), fatal},
+		{"unknown", errors.New("something"), fatal},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := classify(tc.err); got != tc.want {
+				t.Errorf("classify(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestNotFoundAndPrecondition(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		err           error
+		notFound, pre bool
+	}{
+		{"NoSuchKey", responseErr(404, "NoSuchKey", nil), true, false},
+		{"head 404", responseErr(404, "NotFound", nil), true, false},
+		{"head 404 no code", responseErr(404, "", nil), true, false},
+		{"typed NoSuchKey", &types.NoSuchKey{}, true, false},
+		{"412", responseErr(412, "PreconditionFailed", nil), false, true},
+		{"403", responseErr(403, "AccessDenied", nil), false, false},
+		{"net", syscall.ECONNRESET, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := isNotFound(tc.err); got != tc.notFound {
+				t.Errorf("isNotFound = %v, want %v", got, tc.notFound)
+			}
+			if got := isPreconditionFailed(tc.err); got != tc.pre {
+				t.Errorf("isPreconditionFailed = %v, want %v", got, tc.pre)
+			}
+		})
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	for _, tc := range []struct {
+		header string
+		want   time.Duration
+		ok     bool
+	}{
+		{"", 0, false},
+		{"3", 3 * time.Second, true},
+		{"0", 0, true},
+		{"-1", 0, false},
+		{"Wed, 21 Oct 2015 07:28:00 GMT", 0, false},
+	} {
+		h := http.Header{}
+		if tc.header != "" {
+			h.Set("Retry-After", tc.header)
+		}
+		got, ok := retryAfter(responseErr(503, "SlowDown", h))
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("retryAfter(%q) = %v, %v; want %v, %v", tc.header, got, ok, tc.want, tc.ok)
+		}
+	}
+	if _, ok := retryAfter(io.ErrUnexpectedEOF); ok {
+		t.Error("retryAfter without a response reported one")
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	const base, maxDelay = 100 * time.Millisecond, 2 * time.Second
+	for _, tc := range []struct {
+		n    int
+		slow bool
+		r    float64
+		want time.Duration
+	}{
+		{1, false, 0, 50 * time.Millisecond},
+		{1, false, 0.999999, 100 * time.Millisecond},
+		{2, false, 0, 100 * time.Millisecond},
+		{3, false, 0.5, 300 * time.Millisecond},
+		{5, false, 0, 800 * time.Millisecond}, // 1.6s, half fixed
+		{6, false, 0, time.Second},            // 3.2s capped to 2s, half fixed
+		{50, false, 0, time.Second},           // no overflow
+		{1, true, 0, 200 * time.Millisecond},
+		{2, true, 0, 400 * time.Millisecond},
+		{4, true, 0, time.Second},
+		{0, false, 0, 50 * time.Millisecond},
+	} {
+		got := backoff(tc.n, tc.slow, base, maxDelay, tc.r)
+		// Compare to the millisecond: jitter arithmetic rounds.
+		if got.Round(time.Millisecond) != tc.want {
+			t.Errorf("backoff(%d, slow=%v, r=%v) = %v, want %v", tc.n, tc.slow, tc.r, got, tc.want)
+		}
+	}
+	// Jitter stays within [d/2, d].
+	for i := 0; i < 1000; i++ {
+		r := float64(i) / 1000
+		if d := backoff(3, false, base, maxDelay, r); d < 200*time.Millisecond || d > 400*time.Millisecond {
+			t.Fatalf("backoff(3, r=%v) = %v, outside [200ms, 400ms]", r, d)
+		}
+	}
+}
