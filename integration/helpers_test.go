@@ -1,9 +1,11 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"os"
+	"syscall"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -37,4 +39,21 @@ func deleteObject(t testing.TB, e *testenv.S3Env, bucket, key string) {
 	if _, err := e.Client(t).DeleteObject(context.Background(), &s3.DeleteObjectInput{Bucket: &bucket, Key: &key}); err != nil {
 		t.Fatalf("delete s3://%s/%s: %v", bucket, key, err)
 	}
+}
+
+func putObject(t testing.TB, e *testenv.S3Env, bucket, key string, data []byte) {
+	t.Helper()
+	if _, err := e.Client(t).PutObject(context.Background(), &s3.PutObjectInput{Bucket: &bucket, Key: &key, Body: bytes.NewReader(data)}); err != nil {
+		t.Fatalf("put s3://%s/%s: %v", bucket, key, err)
+	}
+}
+
+type syscallStat = syscall.Stat_t
+
+func linkCount(t testing.TB, path string, st *syscall.Stat_t) uint64 {
+	t.Helper()
+	if err := syscall.Stat(path, st); err != nil {
+		t.Fatal(err)
+	}
+	return uint64(st.Nlink)
 }

@@ -3,16 +3,23 @@
 // of an image layer that the bucket holds, the layer is fetched from S3
 // with parallel ranged GETs, verified, unpacked and committed as an
 // ordinary overlay snapshot, and Prepare answers ErrAlreadyExists, so
-// containerd downloads nothing. Anything that goes wrong falls back to
-// containerd's normal pull.
+// containerd downloads nothing. The first layer's Prepare starts every
+// missing layer of the image unpacking at once. Anything that goes wrong
+// falls back to containerd's normal pull: Prepare returns ordinary mounts.
 package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
+	"time"
 
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 
 	"github.com/s3snap/s3snap/store"
 )
@@ -20,26 +27,36 @@ import (
 // StoreFunc returns the store that mirrors registry host, if any.
 type StoreFunc func(host string) (*store.Store, bool)
 
-// Snapshotter is a snapshots.Snapshotter that fills layers from S3.
+// Snapshotter is a snapshots.Snapshotter that fills layers from S3. All
+// state is the overlay snapshotter's, so committed layers survive restarts
+// of the agent and of containerd.
 type Snapshotter struct {
-	snapshots.Snapshotter // the overlay snapshotter, which owns all state
-	root                  string
+	snapshots.Snapshotter // the overlay snapshotter
 	stores                StoreFunc
+	jobs                  *jobs
+	cancel                context.CancelFunc
 }
 
 type options struct {
 	unpackJobs int
+	stagedTTL  time.Duration
 }
 
 // Option configures a Snapshotter.
 type Option func(*options)
 
-// WithUnpackJobs bounds how many layers are fetched and unpacked at once.
+// WithUnpackJobs bounds how many layers are fetched and unpacked at once
+// (default 2: unpacking is CPU-bound, decompression and file creation).
 func WithUnpackJobs(n int) Option { return func(o *options) { o.unpackJobs = n } }
 
-// New opens (or creates) the snapshotter's state under root.
+// WithStagedTTL sets how long a prefetched layer waits for containerd to
+// ask for it before it is removed (default 10 minutes).
+func WithStagedTTL(d time.Duration) Option { return func(o *options) { o.stagedTTL = d } }
+
+// New opens (or creates) the snapshotter's state under root, removing
+// staging snapshots a previous run left behind.
 func New(ctx context.Context, root string, stores StoreFunc, opts ...Option) (*Snapshotter, error) {
-	o := options{unpackJobs: 2}
+	o := options{unpackJobs: 2, stagedTTL: 10 * time.Minute}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -47,5 +64,138 @@ func New(ctx context.Context, root string, stores StoreFunc, opts ...Option) (*S
 	if err != nil {
 		return nil, fmt.Errorf("open overlay snapshotter in %s: %w", root, err)
 	}
-	return &Snapshotter{Snapshotter: ov, root: root, stores: stores}, nil
+	lifetime, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s := &Snapshotter{Snapshotter: ov, stores: stores, cancel: cancel}
+	s.jobs = newJobs(lifetime, ov, o.unpackJobs, o.stagedTTL)
+	if err := s.removeStaged(ctx); err != nil {
+		cancel()
+		ov.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close stops background unpacks and closes the overlay snapshotter.
+func (s *Snapshotter) Close() error {
+	s.cancel()
+	return s.Snapshotter.Close()
+}
+
+// Prepare creates an active snapshot, or, for a layer the bucket holds,
+// unpacks and commits it and returns ErrAlreadyExists.
+func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	var base snapshots.Info
+	for _, opt := range opts {
+		if err := opt(&base); err != nil {
+			return nil, err
+		}
+	}
+	r, err := parseRequest(base.Labels)
+	if err == nil {
+		err = s.provide(ctx, r, parent, base.Labels)
+		if err == nil {
+			return nil, fmt.Errorf("target snapshot %q: %w", r.chainID, errdefs.ErrAlreadyExists)
+		}
+	}
+	s.fallback(ctx, r, err)
+	return s.Snapshotter.Prepare(ctx, key, parent, opts...)
+}
+
+// provide makes chain ID r.chainID exist as a committed snapshot from the
+// bucket. An error means containerd should pull the layer itself.
+func (s *Snapshotter) provide(ctx context.Context, r request, parent string, labels map[string]string) error {
+	if _, err := s.Snapshotter.Stat(ctx, r.chainID); err == nil {
+		return nil // already committed, by us or an earlier pull
+	}
+	st, ok := s.stores(r.host)
+	if !ok {
+		return fmt.Errorf("registry %s: %w", r.host, errNotMirrored)
+	}
+	if has, err := st.HasBlob(ctx, r.layer); err != nil {
+		return fmt.Errorf("look up layer %s: %w", r.layer, err)
+	} else if !has {
+		return fmt.Errorf("layer %s: %w", r.layer, errNotInBucket)
+	}
+	if len(r.layers) > 1 {
+		s.prefetch(ctx, st, r)
+	}
+	start := time.Now()
+	sl, err := s.jobs.claim(ctx, st, r.layer)
+	if errors.Is(err, errClaimed) {
+		sl, err = unpackLayer(ctx, s.Snapshotter, st, r.layer)
+	}
+	if err != nil {
+		return err
+	}
+	if r.diffID != "" && sl.diffID != r.diffID {
+		s.remove(ctx, sl.key)
+		return fmt.Errorf("layer %s unpacks to %s, the image says %s: %w", r.layer, sl.diffID, r.diffID, ErrDiffIDMismatch)
+	}
+	commitLabels := map[string]string{}
+	for k, v := range labels {
+		commitLabels[k] = v
+	}
+	commitOpts := []snapshots.Opt{snapshots.WithLabels(commitLabels)}
+	if parent != "" {
+		commitOpts = append(commitOpts, snapshots.WithParent(parent))
+	}
+	if err := s.Snapshotter.Commit(ctx, r.chainID, sl.key, commitOpts...); err != nil {
+		s.remove(ctx, sl.key)
+		if errdefs.IsAlreadyExists(err) {
+			return nil // a concurrent pull committed it first
+		}
+		return fmt.Errorf("commit layer %s as %s: %w", r.layer, r.chainID, err)
+	}
+	layersFetched.Inc()
+	bytesFetched.Add(float64(sl.bytes))
+	log.G(ctx).WithField("layer", r.layer).WithField("chainID", r.chainID).WithField("waited", time.Since(start)).Info("layer provided from s3")
+	return nil
+}
+
+var (
+	errNotMirrored = errors.New("not mapped to a bucket")
+	errNotInBucket = errors.New("not in the bucket")
+)
+
+// fallback records why a Prepare goes to containerd's own pull.
+func (s *Snapshotter) fallback(ctx context.Context, r request, err error) {
+	var nl errNoLabels
+	switch {
+	case errors.As(err, &nl):
+		// An ordinary Prepare (a container's rw layer, a view): nothing to do.
+		return
+	case errors.Is(err, errNotMirrored):
+		fallbacks.WithLabelValues("not_mirrored").Inc()
+	case errors.Is(err, errNotInBucket):
+		fallbacks.WithLabelValues("not_in_bucket").Inc()
+	case errors.Is(err, ErrDiffIDMismatch), errors.Is(err, store.ErrDigestMismatch), errors.Is(err, store.ErrSizeMismatch):
+		fallbacks.WithLabelValues("corrupt").Inc()
+	default:
+		fallbacks.WithLabelValues("error").Inc()
+	}
+	log.G(ctx).WithError(err).WithField("layer", r.layer).WithField("image", r.host+"/"+r.repo).Warn("falling back to containerd's pull")
+}
+
+func (s *Snapshotter) remove(ctx context.Context, key string) {
+	if err := s.Snapshotter.Remove(context.WithoutCancel(ctx), key); err != nil {
+		log.G(ctx).WithError(err).WithField("key", key).Warn("remove staging snapshot")
+	}
+}
+
+// removeStaged removes staging snapshots left by a previous run.
+func (s *Snapshotter) removeStaged(ctx context.Context) error {
+	var keys []string
+	err := s.Snapshotter.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+		if info.Kind == snapshots.KindActive && strings.HasPrefix(info.Name, stagePrefix) {
+			keys = append(keys, info.Name)
+		}
+		return nil
+	})
+	if err != nil && !errdefs.IsNotFound(err) { // a new store has no snapshots bucket yet
+		return fmt.Errorf("walk snapshots: %w", err)
+	}
+	for _, k := range keys {
+		s.remove(ctx, k)
+	}
+	return nil
 }

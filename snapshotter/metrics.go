@@ -1,0 +1,21 @@
+package snapshotter
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+var (
+	layersFetched = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "s3snap", Subsystem: "snapshotter", Name: "layers_provided_total",
+		Help: "Layers fetched from S3, unpacked and committed instead of pulled by containerd.",
+	})
+	bytesFetched = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "s3snap", Subsystem: "snapshotter", Name: "fetched_bytes_total",
+		Help: "Compressed layer bytes fetched from S3.",
+	})
+	fallbacks = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "s3snap", Subsystem: "snapshotter", Name: "fallbacks_total",
+		Help: "Layer Prepares left to containerd's own pull, by reason.",
+	}, []string{"reason"})
+)

@@ -1,0 +1,110 @@
+package snapshotter
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/archive"
+	"github.com/containerd/containerd/v2/pkg/archive/compression"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/s3snap/s3snap/store"
+)
+
+// ErrDiffIDMismatch means a layer unpacked from the bucket does not have the
+// uncompressed digest the image config declares: it is never committed.
+var ErrDiffIDMismatch = errors.New("layer diff id mismatch")
+
+// stagePrefix names the active snapshots layers are unpacked into before
+// containerd asks for them; they have no parent until Commit rebases them.
+const stagePrefix = "s3snap-stage-"
+
+// staged is a layer unpacked into an active, parentless snapshot.
+type staged struct {
+	key    string        // the active snapshot's key
+	diffID digest.Digest // what the unpacked tar hashed to
+	bytes  int64         // compressed bytes fetched
+}
+
+// unpackLayer fetches layer d from st into a new parentless active snapshot
+// of sn, converting overlay whiteouts, and returns it with the uncompressed
+// digest. The compressed digest is verified by the store's reader; on any
+// error the snapshot is removed, so nothing half-written survives.
+func unpackLayer(ctx context.Context, sn snapshots.Snapshotter, st *store.Store, d digest.Digest) (_ *staged, retErr error) {
+	start := time.Now()
+	key := stagePrefix + d.Encoded() + "-" + uniquePart()
+	mounts, err := sn.Prepare(ctx, key, "", snapshots.WithLabels(map[string]string{labelStagedLayer: d.String()}))
+	if err != nil {
+		return nil, fmt.Errorf("prepare staging snapshot for %s: %w", d, err)
+	}
+	defer func() {
+		if retErr != nil {
+			if err := sn.Remove(context.WithoutCancel(ctx), key); err != nil {
+				log.G(ctx).WithError(err).WithField("key", key).Warn("remove failed staging snapshot")
+			}
+		}
+	}()
+	dir, err := upperDir(mounts)
+	if err != nil {
+		return nil, err
+	}
+
+	rc, info, err := st.OpenBlob(ctx, d)
+	if err != nil {
+		return nil, fmt.Errorf("open layer %s: %w", d, err)
+	}
+	defer rc.Close()
+	counted := &countingReader{r: rc}
+	ds, err := compression.DecompressStream(counted)
+	if err != nil {
+		return nil, fmt.Errorf("decompress layer %s: %w", d, err)
+	}
+	defer ds.Close()
+	h := sha256.New()
+	tr := io.TeeReader(ds, h)
+	if _, err := archive.Apply(ctx, dir, tr, archive.WithConvertWhiteout(archive.OverlayConvertWhiteout)); err != nil {
+		return nil, fmt.Errorf("unpack layer %s: %w", d, err)
+	}
+	// The tar reader stops at the end-of-archive marker: hash the padding
+	// after it, and read the compressed stream to its end so the store's
+	// reader verifies the layer's digest.
+	if _, err := io.Copy(h, ds); err != nil {
+		return nil, fmt.Errorf("read layer %s: %w", d, err)
+	}
+	if _, err := io.Copy(io.Discard, counted); err != nil {
+		return nil, fmt.Errorf("read layer %s: %w", d, err)
+	}
+	if counted.n != info.Size {
+		return nil, fmt.Errorf("layer %s: read %d of %d bytes: %w", d, counted.n, info.Size, store.ErrSizeMismatch)
+	}
+	s := &staged{key: key, diffID: digest.NewDigest(digest.SHA256, h), bytes: counted.n}
+	log.G(ctx).WithField("layer", d).WithField("bytes", s.bytes).WithField("took", time.Since(start)).Debug("layer unpacked from s3")
+	return s, nil
+}
+
+// upperDir returns the directory an active snapshot's content goes in.
+// A parentless overlay snapshot is a bind mount of its upper directory.
+func upperDir(mounts []mount.Mount) (string, error) {
+	if len(mounts) == 1 && mounts[0].Type == "bind" {
+		return mounts[0].Source, nil
+	}
+	return "", fmt.Errorf("unexpected staging mounts %v: want one bind mount", mounts)
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
