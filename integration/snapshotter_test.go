@@ -434,4 +434,3 @@ func imageFromLayer(t *testing.T, gz []byte, diffID digest.Digest) *testenv.Imag
 	im.Layers = [][]byte{gz}
 	return im
 }
-
