@@ -118,6 +118,9 @@ func (c *Containerd) cleanupNamespace(ctr string) {
 }
 
 // removeAll unmounts anything left mounted under dir, then removes it.
+// RemoveAll unmounts anything left mounted under dir, then removes it.
+func RemoveAll(dir string) { removeAll(dir) }
+
 func removeAll(dir string) {
 	_, _ = RunErr(context.Background(), "sh", "-c", fmt.Sprintf("grep -o ' %s[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l", dir))
 	_ = os.RemoveAll(dir)
