@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -32,7 +33,8 @@ func BenchmarkSnapshotterRealistic(b *testing.B) {
 	var times []time.Duration
 	for i := 0; b.Loop(); i++ {
 		root := b.TempDir()
-		sn, err := snapshotter.New(context.Background(), root, func(h string) (*store.Store, bool) { return st, h == host })
+		sn, err := snapshotter.New(context.Background(), root, func(h string) (*store.Store, bool) { return st, h == host },
+			snapshotter.WithUnpackJobs(envInt("S3SNAP_BENCH_UNPACK_JOBS", 2)))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -58,4 +60,11 @@ func dropCaches(b *testing.B) {
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200); err != nil {
 		b.Logf("cannot drop caches: %v", err)
 	}
+}
+
+func envInt(key string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(key)); err == nil && v > 0 {
+		return v
+	}
+	return def
 }
