@@ -122,6 +122,18 @@ func TestStoreServedByStockRegistry(t *testing.T) {
 			t.Errorf("ctr images ls does not show %s:\n%s", single.Digest, ls)
 		}
 		c.Ctr(t, "images", "pull", "--plain-http", "--platform", "linux/"+runtime.GOARCH, reg.Addr+"/multi:latest")
+
+		// And a container from an image in the bucket runs.
+		run := testenv.RunnableImage(t)
+		testenv.PutImage(t, st, "team/run", run)
+		if err := st.Tag(ctx, "team/run", "v1", run.Digest); err != nil {
+			t.Fatal(err)
+		}
+		c.Ctr(t, "images", "pull", "--plain-http", reg.Addr+"/team/run:v1")
+		out = c.Ctr(t, "run", "--rm", reg.Addr+"/team/run:v1", "run-"+c.Namespace)
+		if !strings.Contains(out, "hello from s3snap") {
+			t.Errorf("container printed %q", out)
+		}
 		if ls := c.Ctr(t, "images", "ls"); !strings.Contains(ls, indexDigest.String()) {
 			t.Errorf("ctr images ls does not show the index %s:\n%s", indexDigest, ls)
 		}

@@ -42,11 +42,14 @@ func RealisticImage(t testing.TB, platform ocispec.Platform) *Image {
 }
 
 // ImageFromLayers builds an image manifest and config over ready layers.
-func ImageFromLayers(t testing.TB, platform ocispec.Platform, layers [][]byte, diffIDs []digest.Digest) *Image {
+func ImageFromLayers(t testing.TB, platform ocispec.Platform, layers [][]byte, diffIDs []digest.Digest, config ...ocispec.ImageConfig) *Image {
 	t.Helper()
 	im := &Image{Platform: platform, Layers: layers}
 	cfg := ocispec.Image{Platform: platform, RootFS: ocispec.RootFS{Type: "layers", DiffIDs: diffIDs},
 		Config: ocispec.ImageConfig{Cmd: []string{"/bin/true"}}}
+	if len(config) > 0 {
+		cfg.Config = config[0]
+	}
 	im.Config = mustJSON(t, cfg)
 	m := ocispec.Manifest{
 		MediaType: ocispec.MediaTypeImageManifest,
