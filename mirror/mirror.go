@@ -1,0 +1,162 @@
+// Package mirror is the node agent's loopback OCI distribution endpoint: a
+// read-only registry (GET and HEAD of /v2/, manifests and blobs) backed by
+// the stores that mirror upstream registries.
+//
+// containerd reaches it through hosts.toml as a mirror of an upstream host
+// and names that host in the ns query parameter; the host selects the store.
+// Whatever the store cannot answer gets a 404 (or a 503 when S3 itself
+// fails), and containerd goes on to the next host in hosts.toml, the real
+// registry: the mirror never makes a pull fail that would otherwise succeed.
+//
+// Why 404 and 503 both work: containerd's docker resolver
+// (core/remotes/docker/resolver.go, v2.4.2) moves on to the next host after
+// any status above 399 when resolving, and its fetcher after any error; it
+// retries a 5xx only on the last host, which the mirror never is. 404 is
+// the answer for "not in the bucket"; 503 for "could not ask the bucket".
+// The bytes themselves are never trusted blindly: a full blob GET is
+// verified against its digest while streaming, and on a mismatch the
+// connection is cut before the last byte, so no client ever sees a
+// complete response with wrong content.
+package mirror
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/s3snap/s3snap/store"
+)
+
+// StoreFunc returns the store that mirrors upstream registry host (as
+// containerd names it in ns, host[:port]), if any.
+type StoreFunc func(host string) (*store.Store, bool)
+
+// Mirror is the read-only registry handler. It is safe for concurrent use.
+type Mirror struct {
+	stores StoreFunc
+}
+
+// New returns a Mirror answering from stores.
+func New(stores StoreFunc) *Mirror {
+	return &Mirror{stores: stores}
+}
+
+// Request kinds, as used in metrics labels.
+const (
+	kindBase     = "base"
+	kindManifest = "manifest"
+	kindBlob     = "blob"
+	kindOther    = "other"
+)
+
+// route is a parsed /v2/ request path.
+type route struct {
+	kind string
+	name string // repository
+	ref  string // tag or digest
+}
+
+// parsePath splits /v2/<name>/(manifests|blobs)/<ref>. Repository names
+// may be nested, so the last /manifests/ or /blobs/ separates them.
+func parsePath(p string) (route, bool) {
+	if p == "/v2" || p == "/v2/" {
+		return route{kind: kindBase}, true
+	}
+	rest, ok := strings.CutPrefix(p, "/v2/")
+	if !ok {
+		return route{kind: kindOther}, false
+	}
+	for _, k := range []struct{ sep, kind string }{{"/manifests/", kindManifest}, {"/blobs/", kindBlob}} {
+		i := strings.LastIndex(rest, k.sep)
+		if i <= 0 {
+			continue
+		}
+		name, ref := rest[:i], rest[i+len(k.sep):]
+		if ref == "" || strings.Contains(ref, "/") {
+			continue
+		}
+		return route{kind: k.kind, name: name, ref: ref}, true
+	}
+	return route{kind: kindOther}, false
+}
+
+// ServeHTTP answers one registry request.
+func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt, ok := parsePath(r.URL.Path)
+	rw := &statusWriter{ResponseWriter: w}
+	defer func() { observe(rt.kind, r.Method, rw) }()
+	w = rw
+
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, r, http.StatusMethodNotAllowed, codeUnsupported, "this mirror is read-only")
+		return
+	}
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if !ok {
+		writeError(w, r, http.StatusNotFound, codeNameUnknown, "no such endpoint")
+		return
+	}
+	if rt.kind == kindBase {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "2")
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodGet {
+			_, _ = w.Write([]byte("{}"))
+		}
+		return
+	}
+	host := r.URL.Query().Get("ns")
+	if host == "" {
+		writeError(w, r, http.StatusNotFound, codeNameUnknown, "no ns query parameter: which upstream registry is this for?")
+		return
+	}
+	st, ok := m.stores(host)
+	if !ok {
+		writeError(w, r, http.StatusNotFound, codeNameUnknown, "registry "+host+" is not mirrored")
+		return
+	}
+	if err := store.ValidateRepository(rt.name); err != nil {
+		writeError(w, r, http.StatusNotFound, codeNameUnknown, err.Error())
+		return
+	}
+	switch rt.kind {
+	case kindManifest:
+		m.serveManifest(w, r, st, host, rt)
+	case kindBlob:
+		d, err := digest.Parse(rt.ref)
+		if err != nil {
+			writeError(w, r, http.StatusNotFound, codeBlobUnknown, "not a digest: "+rt.ref)
+			return
+		}
+		m.serveBlob(w, r, st, host, rt.name, d)
+	}
+}
+
+// statusWriter records the status and body bytes written, for metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	status  int
+	n       int64
+	aborted bool // the connection was cut mid-body
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(p []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	n, err := s.ResponseWriter.Write(p)
+	s.n += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
