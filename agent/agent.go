@@ -1,0 +1,220 @@
+// Package agent is the s3snap node agent: it reads the agent's TOML config
+// and runs, in one process, the snapshotter (containerd's snapshot gRPC API
+// on a unix socket, for a proxy_plugins entry), the loopback registry
+// mirror, and /metrics and /healthz on a loopback address, telling systemd
+// when it is ready and when it stops.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/log"
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+
+	"github.com/s3snap/s3snap/fetcher"
+	"github.com/s3snap/s3snap/mirror"
+	"github.com/s3snap/s3snap/snapshotter"
+	"github.com/s3snap/s3snap/store"
+)
+
+// shutdownTimeout bounds the graceful part of a stop; then connections are
+// cut.
+const shutdownTimeout = 10 * time.Second
+
+// Run serves the agent until ctx is cancelled (the caller cancels it on
+// SIGTERM/SIGINT), then stops gracefully. It returns an error if anything
+// fails to start or a server fails while running. cfg must be valid
+// (Parse and Load validate).
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	stores, err := openStores(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	storeFunc := func(host string) (*store.Store, bool) {
+		e, ok := stores[host]
+		return e.store, ok
+	}
+
+	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
+		return fmt.Errorf("create root: %w", err)
+	}
+	sn, err := snapshotter.New(ctx, cfg.Root, storeFunc)
+	if err != nil {
+		return fmt.Errorf("open snapshotter: %w", err)
+	}
+	defer func() {
+		if err := sn.Close(); err != nil {
+			log.G(ctx).WithError(err).Warn("close snapshotter")
+		}
+	}()
+
+	sock, err := listenSocket(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(cfg.Socket)
+	grpcServer := grpc.NewServer()
+	snapshotsapi.RegisterSnapshotsServer(grpcServer, snapshotservice.FromSnapshotter(sn))
+
+	mirrorL, err := mirror.Listen(cfg.Mirror.Address)
+	if err != nil {
+		sock.Close()
+		return fmt.Errorf("mirror: %w", err)
+	}
+	metricsL, err := mirror.Listen(cfg.Metrics.Address)
+	if err != nil {
+		sock.Close()
+		mirrorL.Close()
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.Handler())
+	mux.Handle("/healthz", &health{stores: stores})
+	httpServers := []*http.Server{
+		{Handler: mirror.New(storeFunc), ReadHeaderTimeout: 10 * time.Second},
+		{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
+	}
+
+	errc := make(chan error, 3)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := grpcServer.Serve(sock); err != nil {
+			errc <- fmt.Errorf("snapshotter grpc on %s: %w", cfg.Socket, err)
+		}
+	})
+	for i, l := range []net.Listener{mirrorL, metricsL} {
+		srv := httpServers[i]
+		wg.Go(func() {
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve %s: %w", l.Addr(), err)
+			}
+		})
+	}
+
+	log.G(ctx).WithFields(log.Fields{
+		"socket":     cfg.Socket,
+		"root":       cfg.Root,
+		"mirror":     mirrorL.Addr().String(),
+		"metrics":    metricsL.Addr().String(),
+		"registries": len(stores),
+	}).Info("s3snap agent ready")
+	notify(ctx, daemon.SdNotifyReady)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.G(ctx).Info("s3snap agent stopping")
+	case runErr = <-errc:
+		log.G(ctx).WithError(runErr).Error("s3snap agent failed, stopping")
+	}
+	notify(ctx, daemon.SdNotifyStopping)
+
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	for _, srv := range httpServers {
+		if err := srv.Shutdown(stopCtx); err != nil {
+			srv.Close()
+		}
+	}
+	stopped := make(chan struct{})
+	go func() { grpcServer.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-stopCtx.Done():
+		grpcServer.Stop()
+	}
+	wg.Wait()
+	return runErr
+}
+
+// storeEntry is one mapped registry host and its store.
+type storeEntry struct {
+	host  string
+	store *store.Store
+}
+
+// openStores builds the S3 client, one fetcher and one store per mapped
+// registry host. It makes no S3 request (see /healthz for that).
+func openStores(ctx context.Context, cfg Config) (map[string]storeEntry, error) {
+	client, err := fetcher.NewClient(ctx, fetcher.ClientConfig{
+		Region:    cfg.S3.Region,
+		Endpoint:  cfg.S3.Endpoint,
+		Profile:   cfg.S3.Profile,
+		PathStyle: cfg.PathStyle(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("s3 client: %w", err)
+	}
+	f := fetcher.New(client, fetcher.WithPartSize(int64(cfg.Fetch.PartSize)), fetcher.WithConcurrency(cfg.Fetch.Concurrency))
+	stores := map[string]storeEntry{}
+	for _, r := range cfg.Registry {
+		u, err := r.StoreURL()
+		if err != nil {
+			return nil, fmt.Errorf("registry %s: %w", r.Host, err)
+		}
+		st := store.New(client, u.Bucket, store.WithPrefix(u.Path), store.WithFetcher(f))
+		stores[r.Host] = storeEntry{host: r.Host, store: st}
+		log.G(ctx).WithField("registry", r.Host).WithField("store", st.URL()).Info("mirroring registry from s3")
+	}
+	return stores, nil
+}
+
+// listenSocket listens on the unix socket path: its directory is made (or
+// tightened to) 0700, a stale socket from an earlier run is removed, and the
+// socket itself is 0600. A socket another process still answers on is left
+// alone: two agents must not share state.
+func listenSocket(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("socket %s: exists and is not a socket; not removing it", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("socket %s: another process is serving on it (is the agent already running?)", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("socket %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// notify sends state to systemd when run as a Type=notify unit; elsewhere
+// it does nothing.
+func notify(ctx context.Context, state string) {
+	if ok, err := daemon.SdNotify(false, state); err != nil {
+		log.G(ctx).WithError(err).WithField("state", state).Warn("sd_notify")
+	} else if ok {
+		log.G(ctx).WithField("state", state).Debug("sd_notify sent")
+	}
+}

@@ -1,0 +1,259 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/s3snap/s3snap/fetcher"
+	"github.com/s3snap/s3snap/mirror"
+	"github.com/s3snap/s3snap/store"
+)
+
+// Defaults of the config file's settings.
+const (
+	DefaultRoot           = "/var/lib/s3snap"
+	DefaultSocket         = "/run/s3snap/s3snap.sock"
+	DefaultMirrorAddress  = "127.0.0.1:5050"
+	DefaultMetricsAddress = "127.0.0.1:5051"
+	DefaultConfigPath     = "/etc/s3snap/config.toml"
+)
+
+// Config is the agent's TOML config file.
+type Config struct {
+	// Root holds the snapshotter's state (snapshots, metadata).
+	Root string `toml:"root"`
+	// Socket is the unix socket the snapshotter's gRPC API is served on.
+	Socket   string           `toml:"socket"`
+	Mirror   MirrorConfig     `toml:"mirror"`
+	Metrics  MetricsConfig    `toml:"metrics"`
+	S3       S3Config         `toml:"s3"`
+	Fetch    FetchConfig      `toml:"fetch"`
+	Registry []RegistryConfig `toml:"registry"`
+}
+
+// MirrorConfig is the [mirror] table.
+type MirrorConfig struct {
+	// Address is the loopback host:port of the registry mirror.
+	Address string `toml:"address"`
+}
+
+// MetricsConfig is the [metrics] table.
+type MetricsConfig struct {
+	// Address is the loopback host:port serving /metrics and /healthz.
+	Address string `toml:"address"`
+}
+
+// S3Config is the [s3] table: how to reach S3. Credentials always come
+// from the AWS SDK's default chain, never from this file.
+type S3Config struct {
+	Region   string `toml:"region"`
+	Endpoint string `toml:"endpoint"`
+	// PathStyle addresses buckets in the URL path; unset, it is true when
+	// an endpoint is given (S3-compatible servers need it).
+	PathStyle *bool  `toml:"path_style"`
+	Profile   string `toml:"profile"`
+}
+
+// FetchConfig is the [fetch] table: how layers are read from S3.
+type FetchConfig struct {
+	// PartSize is the size of one ranged GET: bytes, or a string with a
+	// unit ("8MiB").
+	PartSize Size `toml:"part_size"`
+	// Concurrency is how many ranged GETs one blob keeps in flight.
+	Concurrency int `toml:"concurrency"`
+}
+
+// RegistryConfig is one [[registry]] entry: images of registry Host are
+// looked for in Store.
+type RegistryConfig struct {
+	// Host is the registry host as image references name it, with its
+	// port if any: 123456789012.dkr.ecr.us-east-1.amazonaws.com.
+	Host string `toml:"host"`
+	// Store is s3://bucket[/prefix]; the prefix is taken as written.
+	Store string `toml:"store"`
+}
+
+// Default returns the config with every default filled in and no registry.
+func Default() Config {
+	return Config{
+		Root:    DefaultRoot,
+		Socket:  DefaultSocket,
+		Mirror:  MirrorConfig{Address: DefaultMirrorAddress},
+		Metrics: MetricsConfig{Address: DefaultMetricsAddress},
+		Fetch:   FetchConfig{PartSize: fetcher.DefaultPartSize, Concurrency: fetcher.DefaultConcurrency},
+	}
+}
+
+// Load reads, parses and validates the config file at path.
+func Load(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := Parse(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ErrInvalidConfig is wrapped by every error about the config's content.
+var ErrInvalidConfig = errors.New("invalid config")
+
+// Parse decodes a config strictly (an unknown key is an error), fills in
+// defaults and validates it.
+func Parse(b []byte) (Config, error) {
+	cfg := Default()
+	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		var strict *toml.StrictMissingError
+		var de *toml.DecodeError
+		switch {
+		case errors.As(err, &strict):
+			return Config{}, fmt.Errorf("%w: unknown key(s):\n%s", ErrInvalidConfig, strict.String())
+		case errors.As(err, &de):
+			row, col := de.Position()
+			return Config{}, fmt.Errorf("%w: line %d column %d: %s", ErrInvalidConfig, row, col, de.Error())
+		}
+		return Config{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Validate checks every setting, reporting all problems at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if !filepath.IsAbs(c.Root) {
+		bad("root %q: must be an absolute path", c.Root)
+	}
+	if !filepath.IsAbs(c.Socket) {
+		bad("socket %q: must be an absolute path", c.Socket)
+	} else if len(c.Socket) >= 108 {
+		bad("socket %q: a unix socket path must be shorter than 108 bytes", c.Socket)
+	}
+	if err := mirror.CheckLoopback(c.Mirror.Address); err != nil {
+		bad("[mirror] address: %w", err)
+	}
+	if err := mirror.CheckLoopback(c.Metrics.Address); err != nil {
+		bad("[metrics] address: %w", err)
+	}
+	if c.Mirror.Address == c.Metrics.Address {
+		bad("[mirror] and [metrics] both listen on %s", c.Mirror.Address)
+	}
+	if c.S3.Endpoint != "" {
+		if u, err := url.Parse(c.S3.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("[s3] endpoint %q: want an http:// or https:// URL with a host", c.S3.Endpoint)
+		}
+	}
+	if c.Fetch.PartSize < 64<<10 || c.Fetch.PartSize > 1<<30 {
+		bad("[fetch] part_size %d: want 64KiB to 1GiB", c.Fetch.PartSize)
+	}
+	if c.Fetch.Concurrency < 1 || c.Fetch.Concurrency > 1024 {
+		bad("[fetch] concurrency %d: want 1 to 1024", c.Fetch.Concurrency)
+	}
+	if len(c.Registry) == 0 {
+		bad("no [[registry]] entries: map at least one registry host to a store")
+	}
+	seen := map[string]bool{}
+	for i, r := range c.Registry {
+		where := fmt.Sprintf("[[registry]] #%d", i+1)
+		if err := validateHost(r.Host); err != nil {
+			bad("%s host: %w", where, err)
+		} else if seen[r.Host] {
+			bad("%s host %q: mapped twice", where, r.Host)
+		}
+		seen[r.Host] = true
+		if _, err := r.StoreURL(); err != nil {
+			bad("%s store: %w", where, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(errs...))
+	}
+	return nil
+}
+
+// validateHost checks h is a registry host as it appears in an image
+// reference: a hostname or IP, optionally with a port, nothing more.
+func validateHost(h string) error {
+	if h == "" {
+		return errors.New("empty; want a registry host such as 123456789012.dkr.ecr.us-east-1.amazonaws.com")
+	}
+	if strings.Contains(h, "://") || strings.ContainsAny(h, "/ ") {
+		return fmt.Errorf("%q: want host[:port] as image references name it, no scheme or path", h)
+	}
+	name := h
+	if host, port, err := net.SplitHostPort(h); err == nil {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("%q: bad port", h)
+		}
+		name = host
+	}
+	if name == "" || strings.ContainsAny(name, ":[]") && net.ParseIP(strings.Trim(name, "[]")) == nil {
+		return fmt.Errorf("%q: not a host name", h)
+	}
+	if strings.ToLower(h) != h {
+		return fmt.Errorf("%q: must be lowercase, as containerd normalises it", h)
+	}
+	return nil
+}
+
+// StoreURL parses Store, which must be s3://bucket[/prefix] with no tag or
+// digest.
+func (r RegistryConfig) StoreURL() (store.URL, error) {
+	u, err := store.ParseURL(r.Store)
+	if err != nil {
+		return store.URL{}, err
+	}
+	if u.Tag != "" || u.Digest != "" {
+		return store.URL{}, fmt.Errorf("%q: a store is s3://bucket[/prefix], without a tag or digest", r.Store)
+	}
+	return u, nil
+}
+
+// PathStyle is [s3] path_style if set, else whether an endpoint is given.
+func (c *Config) PathStyle() bool {
+	if c.S3.PathStyle != nil {
+		return *c.S3.PathStyle
+	}
+	return c.S3.Endpoint != ""
+}
+
+// Size is a byte count, written in TOML as an integer or as a string with
+// a binary or decimal unit: "8MiB", "512KiB", "1GB".
+type Size int64
+
+// UnmarshalText parses a size string.
+func (s *Size) UnmarshalText(b []byte) error {
+	str := strings.TrimSpace(string(b))
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}, {"", 1}}
+	for _, u := range units {
+		num, ok := strings.CutSuffix(str, u.suffix)
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("size %q: want a number of bytes or a number with KiB, MiB, GiB, KB, MB or GB", str)
+		}
+		*s = Size(n * u.mult)
+		return nil
+	}
+	return fmt.Errorf("size %q: want a number of bytes or a number with KiB, MiB, GiB, KB, MB or GB", str)
+}

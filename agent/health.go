@@ -1,0 +1,70 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+)
+
+// healthTimeout bounds one store's check.
+const healthTimeout = 5 * time.Second
+
+// health answers /healthz: 200 when every store's bucket can be listed,
+// 503 otherwise, with a JSON body naming each store and what failed.
+type health struct {
+	stores map[string]storeEntry
+}
+
+// StoreHealth is one store's entry in the /healthz body.
+type StoreHealth struct {
+	Registry string `json:"registry"`
+	Store    string `json:"store"`
+	OK       bool   `json:"ok"`
+	// Layout reports whether a registry layout (docker/registry/v2/) is
+	// under the prefix: false means nothing was migrated there yet.
+	Layout bool   `json:"layout"`
+	Error  string `json:"error,omitempty"`
+}
+
+// Health is the /healthz body.
+type Health struct {
+	Status string        `json:"status"` // "ok" or "fail"
+	Stores []StoreHealth `json:"stores"`
+}
+
+func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	res := Health{Status: "ok", Stores: make([]StoreHealth, 0, len(h.stores))}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, e := range h.stores {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
+			defer cancel()
+			// One ListObjectsV2 with MaxKeys=1 under the prefix: proves
+			// the credentials, the bucket and the network.
+			layout, err := e.store.Exists(ctx)
+			sh := StoreHealth{Registry: e.host, Store: e.store.URL(), OK: err == nil, Layout: layout}
+			if err != nil {
+				sh.Error = err.Error()
+			}
+			mu.Lock()
+			res.Stores = append(res.Stores, sh)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	sort.Slice(res.Stores, func(i, j int) bool { return res.Stores[i].Registry < res.Stores[j].Registry })
+	status := http.StatusOK
+	for _, s := range res.Stores {
+		if !s.OK {
+			res.Status, status = "fail", http.StatusServiceUnavailable
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(res)
+}

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/containerd/log"
+	"github.com/spf13/cobra"
+
+	"github.com/s3snap/s3snap/agent"
+)
+
+const agentLong = `Run the node agent: a containerd snapshotter that fills image layers
+straight from S3 (served over gRPC on a unix socket, registered in containerd
+as a proxy plugin), a loopback registry mirror that answers manifests and
+blobs from the bucket (and 404 for the rest, so containerd goes on to the
+registry itself), and /metrics and /healthz on a loopback address.
+
+It runs until SIGTERM or SIGINT, and tells systemd (Type=notify) when it is
+ready. S3 credentials come from the AWS SDK's default chain (instance role,
+IRSA, Pod Identity, environment, profile); the global --endpoint, --region,
+--profile and --path-style flags do not apply: the config file's [s3] table
+does.
+
+The config file (TOML; unknown keys are errors):
+
+  root   = "/var/lib/s3snap"            # snapshotter state (default)
+  socket = "/run/s3snap/s3snap.sock"    # gRPC socket, 0600 (default)
+
+  [mirror]
+  address = "127.0.0.1:5050"            # loopback only (default)
+
+  [metrics]
+  address = "127.0.0.1:5051"            # /metrics, /healthz; loopback only (default)
+
+  [s3]
+  region = "us-east-1"                  # default: from the environment or instance
+  # endpoint = "http://127.0.0.1:9000"  # S3-compatible server
+  # path_style = true                   # default: true when endpoint is set
+  # profile = "nodes"
+
+  [fetch]
+  part_size = "8MiB"                    # one ranged GET (default 8MiB)
+  concurrency = 16                      # ranged GETs in flight per layer (default 16)
+
+  # Images of this registry host are looked for under this bucket and
+  # prefix (the prefix is taken as written: no probing).
+  [[registry]]
+  host  = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+  store = "s3://my-images/ecr"
+
+containerd needs the proxy plugin, the transfer service's unpack_config,
+for kubelet the CRI settings, and a hosts.toml per mapped registry putting
+the mirror first; --print-containerd-config prints all of them for the
+loaded config:
+
+  [proxy_plugins.s3snap]
+    type = "snapshot"
+    address = "/run/s3snap/s3snap.sock"
+    [proxy_plugins.s3snap.exports]
+      root = "/var/lib/s3snap"
+      enable_remote_snapshot_annotations = "true"
+
+  [plugins."io.containerd.cri.v1.images"]
+    snapshotter = "s3snap"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = "/etc/containerd/certs.d"
+
+  # /etc/containerd/certs.d/123456789012.dkr.ecr.us-east-1.amazonaws.com/hosts.toml
+  server = "https://123456789012.dkr.ecr.us-east-1.amazonaws.com"
+  [host."http://127.0.0.1:5050"]
+    capabilities = ["pull", "resolve"]`
+
+const agentExample = `  # Run under systemd (Type=notify)
+  s3snap agent --config /etc/s3snap/config.toml
+
+  # Check a config and print the containerd settings it needs
+  s3snap agent --config /etc/s3snap/config.toml --print-containerd-config`
+
+func newAgentCmd(g *globals) *cobra.Command {
+	var (
+		configPath  string
+		printConfig bool
+		hostsDir    string
+	)
+	cmd := &cobra.Command{
+		Use:     "agent",
+		Short:   "Run the node agent: containerd snapshotter and loopback mirror backed by S3",
+		Long:    agentLong,
+		Example: agentExample,
+		Args:    exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := agent.Load(configPath)
+			if err != nil {
+				return err
+			}
+			if printConfig {
+				printContainerdConfig(g, cfg, hostsDir)
+				return nil
+			}
+			if !cmd.Flags().Changed("log-level") {
+				_ = log.SetLevel("info") // a daemon logs what it does
+			}
+			return agent.Run(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", agent.DefaultConfigPath, "agent config file (TOML)")
+	f.BoolVar(&printConfig, "print-containerd-config", false, "print the containerd config and hosts.toml files the loaded config needs, and exit")
+	f.StringVar(&hostsDir, "hosts-dir", agent.DefaultHostsDir, "containerd registry config_path, for --print-containerd-config")
+	return cmd
+}
+
+func printContainerdConfig(g *globals, cfg agent.Config, hostsDir string) {
+	w := g.stdout
+	fmt.Fprintf(w, "# containerd config.toml (version 3), s3snap's part:\n\n%s", agent.ContainerdConfig(cfg, agent.ContainerdOptions{HostsDir: hostsDir, CRI: true}))
+	for _, r := range cfg.Registry {
+		fmt.Fprintf(w, "\n# %s\n%s", agent.HostsTOMLPath(hostsDir, r.Host), agent.HostsTOML(cfg, r.Host, ""))
+	}
+}
