@@ -63,7 +63,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 
-	sock, err := listenSocket(cfg.Socket)
+	sock, err := listenSocket(ctx, cfg.Socket)
 	if err != nil {
 		return err
 	}
@@ -174,17 +174,18 @@ func openStores(ctx context.Context, cfg Config) (map[string]storeEntry, error) 
 	return stores, nil
 }
 
-// listenSocket listens on the unix socket path: its directory is made (or
-// tightened to) 0700, a stale socket from an earlier run is removed, and the
-// socket itself is 0600. A socket another process still answers on is left
-// alone: two agents must not share state.
-func listenSocket(path string) (net.Listener, error) {
+// listenSocket listens on the unix socket path: its directory is made
+// 0700 (created, or tightened when it holds nothing but the socket; a
+// shared directory such as /run keeps its mode), a stale socket from an
+// earlier run is removed, and the socket itself is 0600. A socket another
+// process still answers on is left alone: two agents must not share state.
+func listenSocket(ctx context.Context, path string) (net.Listener, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("socket directory: %w", err)
+	if err := tightenDir(ctx, dir, filepath.Base(path)); err != nil {
+		return nil, err
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
@@ -207,6 +208,33 @@ func listenSocket(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("socket %s: %w", path, err)
 	}
 	return l, nil
+}
+
+// tightenDir makes dir 0700 if it is the socket's own directory (empty but
+// for the socket); a shared one is left as it is, with a warning.
+func tightenDir(ctx context.Context, dir, socket string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	if fi.Mode().Perm() == 0o700 {
+		return nil
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	for _, e := range entries {
+		if e.Name() != socket {
+			log.G(ctx).WithField("dir", dir).WithField("mode", fi.Mode().Perm()).
+				Warn("socket directory is shared with other files, leaving its mode; the socket itself is 0600")
+			return nil
+		}
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	return nil
 }
 
 // notify sends state to systemd when run as a Type=notify unit; elsewhere
