@@ -23,10 +23,13 @@ func (m *Mirror) serveManifest(w http.ResponseWriter, r *http.Request, st *store
 			return
 		}
 	}
-	man, err := st.GetManifest(ctx, rt.name, d)
-	if err != nil {
-		lookup(kindManifest, storeError(ctx, w, r, err, codeManifestUnknown))
-		return
+	man, ok := m.manifests.get(st, rt.name, d)
+	if !ok {
+		if man, err = st.GetManifest(ctx, rt.name, d); err != nil {
+			lookup(kindManifest, storeError(ctx, w, r, err, codeManifestUnknown))
+			return
+		}
+		m.manifests.put(st, rt.name, man)
 	}
 	logger := log.G(ctx).WithField("image", host+"/"+rt.name+":"+rt.ref).WithField("digest", man.Digest)
 	// The mirror does not convert between manifest formats: if the client

@@ -34,7 +34,8 @@ type StoreFunc func(host string) (*store.Store, bool)
 
 // Mirror is the read-only registry handler. It is safe for concurrent use.
 type Mirror struct {
-	stores StoreFunc
+	stores    StoreFunc
+	manifests manifestCache
 }
 
 // New returns a Mirror answering from stores.
