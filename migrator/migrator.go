@@ -13,6 +13,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
@@ -63,8 +64,10 @@ type Event struct {
 }
 
 type options struct {
+	attempts int
 	jobs     int
 	progress func(Event)
+	plan     *Plan
 }
 
 // Option configures Copy.
@@ -76,6 +79,15 @@ func WithJobs(n int) Option { return func(o *options) { o.jobs = max(n, 1) } }
 // WithProgress calls fn for every blob, manifest and tag as it lands. Calls
 // are serialised, never concurrent.
 func WithProgress(fn func(Event)) Option { return func(o *options) { o.progress = fn } }
+
+// WithAttempts sets how often a blob is tried (default 3): a broken
+// stream, or bytes that did not hash right in transit, are tried again from
+// the start; a blob the source does not have is not.
+func WithAttempts(n int) Option { return func(o *options) { o.attempts = max(n, 1) } }
+
+// WithPlan copies plan (made by MakePlan from the same source) instead of
+// making it again.
+func WithPlan(p *Plan) Option { return func(o *options) { o.plan = p } }
 
 // Result summarises one Copy.
 type Result struct {
@@ -94,14 +106,21 @@ type Result struct {
 	BytesDeduplicated int64 `json:"bytesDeduplicated"`
 }
 
-// Copy copies the image or index src describes into repository repo of dst
-// and, when tag is not empty, points tag at it. Indexes are copied whole,
-// byte for byte, so every digest is preserved. Blobs already in the bucket are
-// not uploaded again, so running Copy twice is cheap and safe; a Copy that
-// fails part way leaves the tag untouched (and returns the Result so far with
-// the error).
+// Copy copies the image or index src describes into repository repo of the
+// store dst and, when tag is not empty, points tag at it. It is CopyTo with
+// the store as the destination.
 func Copy(ctx context.Context, src Source, dst *store.Store, repo, tag string, opts ...Option) (*Result, error) {
-	o := options{jobs: DefaultJobs}
+	return CopyTo(ctx, src, StoreDestination(dst), repo, tag, opts...)
+}
+
+// CopyTo copies the image or index src describes into repository repo of dst
+// and, when tag is not empty, points tag at it. Indexes are copied whole,
+// byte for byte, so every digest is preserved. Blobs already at the
+// destination are not uploaded again, so running CopyTo twice is cheap and
+// safe; a CopyTo that fails part way leaves the tag untouched (and returns the
+// Result so far with the error).
+func CopyTo(ctx context.Context, src Source, dst Destination, repo, tag string, opts ...Option) (*Result, error) {
+	o := options{jobs: DefaultJobs, attempts: 3}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -113,9 +132,12 @@ func Copy(ctx context.Context, src Source, dst *store.Store, repo, tag string, o
 			return nil, err
 		}
 	}
-	plan, err := MakePlan(ctx, src)
-	if err != nil {
-		return nil, err
+	plan := o.plan
+	if plan == nil {
+		var err error
+		if plan, err = MakePlan(ctx, src); err != nil {
+			return nil, err
+		}
 	}
 	res := &Result{Repository: repo, Tag: tag, Digest: plan.Root.Digest, MediaType: plan.Root.MediaType}
 	var mu sync.Mutex // guards res and serialises progress calls
@@ -129,9 +151,9 @@ func Copy(ctx context.Context, src Source, dst *store.Store, repo, tag string, o
 	g.SetLimit(o.jobs)
 	for _, b := range plan.Blobs {
 		g.Go(func() error {
-			existed, err := copyBlob(gctx, src, dst, b)
+			existed, err := putBlob(gctx, src, dst, repo, b, o.attempts)
 			if err != nil {
-				return err
+				return fmt.Errorf("copy blob %s: %w", b.Digest, err)
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -150,22 +172,18 @@ func Copy(ctx context.Context, src Source, dst *store.Store, repo, tag string, o
 		return res, err
 	}
 
-	// Children before parents: the store accepts an index only once its
+	// Children before parents: a destination accepts an index only once its
 	// children are in the repository.
 	for _, m := range plan.Manifests {
-		d, err := dst.PutManifest(ctx, repo, m.Raw)
-		if err != nil {
+		if err := dst.PutManifest(ctx, repo, m.Descriptor, m.Raw); err != nil {
 			return res, fmt.Errorf("store manifest %s: %w", m.Descriptor.Digest, err)
-		}
-		if d != m.Descriptor.Digest {
-			return res, fmt.Errorf("store manifest %s: stored as %s: %w", m.Descriptor.Digest, d, store.ErrDigestMismatch)
 		}
 		res.Manifests++
 		report(Event{Kind: EventManifest, Descriptor: m.Descriptor})
 	}
 
 	if tag != "" {
-		if err := dst.Tag(ctx, repo, tag, plan.Root.Digest); err != nil {
+		if err := dst.Tag(ctx, repo, tag, plan.Root, plan.rootRaw()); err != nil {
 			return res, err
 		}
 		report(Event{Kind: EventTag, Descriptor: plan.Root})
@@ -173,24 +191,23 @@ func Copy(ctx context.Context, src Source, dst *store.Store, repo, tag string, o
 	return res, nil
 }
 
-// copyBlob puts one blob in the store unless it is already there (then the
-// source is not even opened).
-func copyBlob(ctx context.Context, src Source, dst *store.Store, b ocispec.Descriptor) (existed bool, err error) {
-	info, err := dst.StatBlob(ctx, b.Digest)
-	switch {
-	case err == nil && info.Size == b.Size:
-		return true, nil
-	case err != nil && !errors.Is(err, store.ErrNotFound):
-		return false, fmt.Errorf("copy blob %s: %w", b.Digest, err)
+// putBlob copies one blob, trying again after failures worth retrying.
+func putBlob(ctx context.Context, src Source, dst Destination, repo string, b ocispec.Descriptor, attempts int) (bool, error) {
+	for i := 0; ; i++ {
+		existed, err := dst.PutBlob(ctx, repo, b, func(ctx context.Context) (io.ReadCloser, error) { return src.Blob(ctx, b) })
+		if err == nil || i+1 >= attempts || !retryableCopy(ctx, err) {
+			return existed, err
+		}
+		log.G(ctx).WithError(err).WithField("blob", b.Digest).Warn("blob copy failed; trying again")
+		if err := sleep(ctx, DefaultRetry.backoff(i)); err != nil {
+			return false, err
+		}
 	}
-	rc, err := src.Blob(ctx, b)
-	if err != nil {
-		return false, fmt.Errorf("copy blob %s: %w", b.Digest, err)
-	}
-	defer rc.Close()
-	existed, err = dst.PutBlob(ctx, b.Digest, b.Size, rc)
-	if err != nil {
-		return false, fmt.Errorf("copy blob %s: %w", b.Digest, err)
-	}
-	return existed, nil
+}
+
+// retryableCopy reports whether a blob copy that failed with err may work
+// on another try.
+func retryableCopy(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrInvalidName) &&
+		!errors.Is(err, ErrUnauthorized) && !errors.Is(err, context.Canceled)
 }

@@ -145,3 +145,11 @@ func checkManifestBytes(desc ocispec.Descriptor, raw []byte) error {
 	}
 	return nil
 }
+
+// rootRaw is the root manifest's bytes (the last manifest planned).
+func (p *Plan) rootRaw() []byte {
+	if n := len(p.Manifests); n > 0 && p.Manifests[n-1].Descriptor.Digest == p.Root.Digest {
+		return p.Manifests[n-1].Raw
+	}
+	return nil
+}

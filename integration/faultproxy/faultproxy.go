@@ -87,7 +87,7 @@ type Rule struct {
 	Fault      Fault
 	After      int64         // byte offset for Reset, Truncate, FlipByte, Stall
 	Delay      time.Duration // for Stall
-	RetryAfter int           // seconds, for SlowDown; 0: no header
+	RetryAfter int           // seconds, for SlowDown and Status; 0: no header
 	Status     int           // for Status
 	Code       string        // S3 error code for Status
 
@@ -299,6 +299,9 @@ func (p *Proxy) serve(w http.ResponseWriter, req *http.Request) {
 		}
 		p.s3Error(w, req, http.StatusServiceUnavailable, "SlowDown", "Please reduce your request rate.")
 	case Status:
+		if r.RetryAfter > 0 {
+			w.Header().Set("Retry-After", fmt.Sprint(r.RetryAfter))
+		}
 		code := r.Code
 		if code == "" {
 			code = http.StatusText(r.Status)

@@ -143,11 +143,25 @@ func StartFSRegistry(t testing.TB) *Registry {
 	return startRegistry(t, fmt.Sprintf("  filesystem:\n    rootdirectory: %s\n", t.TempDir()))
 }
 
+// StartAuthRegistry starts a registry on the filesystem directory root that
+// wants HTTP basic auth from the htpasswd file (bcrypt entries; the registry
+// re-reads the file when it changes).
+func StartAuthRegistry(t testing.TB, root, htpasswd string) *Registry {
+	t.Helper()
+	auth := fmt.Sprintf("auth:\n  htpasswd:\n    realm: s3snap-test\n    path: %s\n", htpasswd)
+	return startRegistryAuth(t, fmt.Sprintf("  filesystem:\n    rootdirectory: %s\n", root), auth)
+}
+
 func startRegistry(t testing.TB, storage string) *Registry {
+	t.Helper()
+	return startRegistryAuth(t, storage, "")
+}
+
+func startRegistryAuth(t testing.TB, storage, auth string) *Registry {
 	t.Helper()
 	bin := Bin(t, "registry")
 	addr := FreeAddr(t)
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n%s  delete:\n    enabled: true\nhttp:\n  addr: %s\n", storage, addr)
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n%s  delete:\n    enabled: true\nhttp:\n  addr: %s\n%s", storage, addr, auth)
 	path := filepath.Join(t.TempDir(), "registry.yml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
