@@ -207,3 +207,7 @@ func entry(t *testing.T, rep *migrator.Report, key string) migrator.Entry {
 	t.Fatalf("report has no entry %s", key)
 	return migrator.Entry{}
 }
+
+func basic(user, pass string) authn.Authenticator {
+	return authn.FromConfig(authn.AuthConfig{Username: user, Password: pass})
+}

@@ -133,7 +133,7 @@ type ecrToken struct {
 	user, pass string
 	endpoint   string
 	expires    time.Time
-	fetched    time.Time
+	fetched    time.Time // when it was issued
 }
 
 func (a *ecrAuth) current(ctx context.Context) (*ecrToken, error) {
@@ -188,19 +188,24 @@ func (a *ecrAuth) AuthorizationContext(ctx context.Context) (*authn.AuthConfig, 
 	return &authn.AuthConfig{Username: t.user, Password: t.pass}, nil
 }
 
-// Refresh implements Refresher: a new token, unless another request renewed
-// it within the last second.
-func (a *ecrAuth) Refresh(ctx context.Context) (string, error) {
+// Refresh implements Refresher: a new token, unless another request has
+// already renewed the one that was refused.
+func (a *ecrAuth) Refresh(ctx context.Context, refused string) (string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	t := a.tok
-	if t == nil || time.Since(t.fetched) > time.Second {
-		var err error
-		if t, err = a.fetchLocked(ctx); err != nil {
-			return "", err
-		}
+	if t := a.tok; t != nil && t.header() != refused {
+		return t.header(), nil
 	}
-	return "Basic " + base64.StdEncoding.EncodeToString([]byte(t.user+":"+t.pass)), nil
+	t, err := a.fetchLocked(ctx)
+	if err != nil {
+		return "", err
+	}
+	return t.header(), nil
+}
+
+// header is the token as an Authorization header value.
+func (t *ecrToken) header() string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(t.user+":"+t.pass))
 }
 
 // Catalog returns the registry's images: with repo empty every repository,

@@ -16,9 +16,10 @@ import (
 
 // Refresher is a credential that can be renewed, such as an ECR token.
 type Refresher interface {
-	// Refresh discards the current credential and returns the
-	// Authorization header value of a fresh one.
-	Refresh(ctx context.Context) (string, error)
+	// Refresh returns the Authorization header value of a fresh
+	// credential, given the one the server refused: if the credential
+	// was already renewed since, the new one; else a newly issued one.
+	Refresh(ctx context.Context, refused string) (string, error)
 }
 
 // RetryPolicy says how often and how long registry requests are retried.
@@ -85,7 +86,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			refreshed = true
 			attempt-- // not a failure of the server
 			discard(resp)
-			hdr, rerr := t.refresh.Refresh(ctx)
+			hdr, rerr := t.refresh.Refresh(ctx, cur.Header.Get("Authorization"))
 			if rerr != nil {
 				return nil, rerr
 			}
