@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/s3snap/s3snap/store"
@@ -74,8 +75,8 @@ func ParseLocation(s string) (Location, error) {
 		}
 	}
 	l.Host, l.Repository = host, strings.Trim(path, "/")
-	if l.Host == "" {
-		return Location{}, fmt.Errorf("%q: no registry host: %w", s, ErrLocation)
+	if _, err := name.NewRegistry(l.Host); l.Host == "" || err != nil {
+		return Location{}, fmt.Errorf("%q: bad registry host %q: %w", s, l.Host, ErrLocation)
 	}
 	if l.Repository != "" {
 		if err := store.ValidateRepository(l.Repository); err != nil {
