@@ -82,11 +82,19 @@ func Run(ctx context.Context, cfg Config) error {
 		mirrorL.Close()
 		return fmt.Errorf("metrics: %w", err)
 	}
+	// Verified blob copies live beside the snapshots: same disk, root-only.
+	mirrorHandler, err := mirror.New(storeFunc, mirror.WithSpool(filepath.Join(cfg.Root, "mirror-spool"), 10*time.Minute))
+	if err != nil {
+		sock.Close()
+		mirrorL.Close()
+		metricsL.Close()
+		return err
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.Handler())
 	mux.Handle("/healthz", &health{stores: stores})
 	httpServers := []*http.Server{
-		{Handler: mirror.New(storeFunc), ReadHeaderTimeout: 10 * time.Second},
+		{Handler: mirrorHandler, ReadHeaderTimeout: 10 * time.Second},
 		{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
 	}
 

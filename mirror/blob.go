@@ -1,15 +1,18 @@
 package mirror
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/s3snap/s3snap/store"
 )
@@ -17,17 +20,14 @@ import (
 // serveBlob answers HEAD/GET /v2/<name>/blobs/<digest>. Blobs are looked up
 // by digest in the whole bucket (as the snapshotter does): a digest names
 // its content, and the bucket is the node's own.
+//
+// A GET, whole or ranged, is served from a local copy that has been read
+// completely and verified against the digest first: a client that resumes
+// with a Range request (containerd does, after a cut connection) must never
+// be able to assemble content that was not verified.
 func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request, st *store.Store, host, name string, d digest.Digest) {
 	ctx := r.Context()
 	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Docker-Content-Digest", d.String())
-	h.Set("ETag", `"`+d.String()+`"`)
-	h.Set("Accept-Ranges", "bytes")
-	if r.Method == http.MethodGet && r.Header.Get("Range") != "" {
-		m.serveBlobRange(w, r, st, d)
-		return
-	}
 	if r.Method == http.MethodHead {
 		info, err := st.StatBlob(ctx, d)
 		if err != nil {
@@ -35,86 +35,97 @@ func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request, st *store.Sto
 			return
 		}
 		lookup(kindBlob, resultHit)
+		setBlobHeaders(h, d)
 		h.Set("Content-Length", strconv.FormatInt(info.Size, 10))
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	rc, info, err := st.OpenBlob(ctx, d)
+	start := time.Now()
+	f, err := m.spool.open(ctx, st, d)
 	if err != nil {
+		// A blob that does not verify is a 503: containerd goes upstream.
 		lookup(kindBlob, storeError(ctx, w, r, err, codeBlobUnknown))
 		return
+	}
+	defer f.Close()
+	lookup(kindBlob, resultHit)
+	setBlobHeaders(h, d)
+	http.ServeContent(w, r, "", time.Time{}, f)
+	log.G(ctx).WithField("image", host+"/"+name).WithField("digest", d).WithField("range", r.Header.Get("Range")).
+		WithField("took", time.Since(start)).Debug("mirror: blob served")
+}
+
+func setBlobHeaders(h http.Header, d digest.Digest) {
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("ETag", `"`+d.String()+`"`)
+	h.Set("Accept-Ranges", "bytes")
+}
+
+// spool keeps verified local copies of blobs the mirror serves, one fetch
+// per digest at a time, removed a while after their last use.
+type spool struct {
+	dir   string
+	ttl   time.Duration
+	group singleflight.Group
+}
+
+// open returns a verified local copy of blob d, fetching it from st first
+// if needed. The store's reader checks the digest at the end of the read;
+// a copy that fails is deleted, never served.
+func (s *spool) open(ctx context.Context, st *store.Store, d digest.Digest) (*os.File, error) {
+	if err := d.Validate(); err != nil {
+		return nil, fmt.Errorf("blob %q: %w", d, store.ErrInvalidName)
+	}
+	path := filepath.Join(s.dir, d.Encoded())
+	if f, err := os.Open(path); err == nil {
+		now := time.Now()
+		_ = os.Chtimes(path, now, now) // keep it while it is in use
+		return f, nil
+	}
+	_, err, _ := s.group.Do(d.String(), func() (any, error) {
+		if _, err := os.Stat(path); err == nil {
+			return nil, nil
+		}
+		s.expire()
+		return nil, s.fetch(context.WithoutCancel(ctx), st, d, path)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return os.Open(path)
+}
+
+func (s *spool) fetch(ctx context.Context, st *store.Store, d digest.Digest, path string) error {
+	rc, _, err := st.OpenBlob(ctx, d)
+	if err != nil {
+		return err
 	}
 	defer rc.Close()
-	lookup(kindBlob, resultHit)
-	h.Set("Content-Length", strconv.FormatInt(info.Size, 10))
-	w.WriteHeader(http.StatusOK)
-	start := time.Now()
-	hw := &holdbackWriter{w: w}
-	if _, err := io.Copy(hw, rc); err != nil {
-		// The last byte is still held back, so the client sees a short
-		// body, never a complete one with wrong content.
-		if sw, ok := w.(*statusWriter); ok {
-			sw.aborted = true
-		}
-		if !errors.Is(err, errWrite) {
-			lookup(kindBlob, resultError)
-			log.G(ctx).WithError(err).WithField("image", host+"/"+name).WithField("digest", d).Warn("mirror: blob read failed, cutting the connection")
-		}
-		panic(http.ErrAbortHandler)
+	tmp, err := os.CreateTemp(s.dir, ".fetch-*")
+	if err != nil {
+		return fmt.Errorf("spool blob %s: %w", d, err)
 	}
-	if err := hw.flush(); err != nil {
-		return // the client went away
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, rc); err != nil {
+		tmp.Close()
+		return fmt.Errorf("fetch blob %s: %w", d, err)
 	}
-	log.G(ctx).WithField("digest", d).WithField("size", info.Size).WithField("took", time.Since(start)).Debug("mirror: blob served from s3")
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("spool blob %s: %w", d, err)
+	}
+	return os.Rename(tmp.Name(), path)
 }
 
-// serveBlobRange answers a ranged GET through http.ServeContent over
-// random access to the blob. A range is not the whole blob, so it cannot be
-// verified here; the client checks the digest of what it assembles.
-func (m *Mirror) serveBlobRange(w http.ResponseWriter, r *http.Request, st *store.Store, d digest.Digest) {
-	ctx := r.Context()
-	ra, err := st.BlobReaderAt(ctx, d)
+// expire removes copies not used for ttl.
+func (s *spool) expire() {
+	entries, err := os.ReadDir(s.dir)
 	if err != nil {
-		lookup(kindBlob, storeError(ctx, w, r, err, codeBlobUnknown))
 		return
 	}
-	lookup(kindBlob, resultHit)
-	http.ServeContent(w, r, "", time.Time{}, newReadSeeker(ra, ra.Size()))
-}
-
-// errWrite marks a failed write to the client.
-var errWrite = errors.New("write to client")
-
-// holdbackWriter passes everything through but the last byte written so
-// far, which only flush releases: a verifying reader reports a digest
-// mismatch after its last bytes, and by then they must not all be sent.
-type holdbackWriter struct {
-	w    io.Writer
-	last []byte
-}
-
-func (h *holdbackWriter) Write(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	if len(h.last) > 0 {
-		if _, err := h.w.Write(h.last); err != nil {
-			return 0, fmt.Errorf("%w: %w", errWrite, err)
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > s.ttl {
+			_ = os.Remove(filepath.Join(s.dir, e.Name()))
 		}
 	}
-	if _, err := h.w.Write(p[:len(p)-1]); err != nil {
-		return 0, fmt.Errorf("%w: %w", errWrite, err)
-	}
-	h.last = append(h.last[:0], p[len(p)-1])
-	return len(p), nil
-}
-
-// flush writes the held-back byte, once the content is known good.
-func (h *holdbackWriter) flush() error {
-	if len(h.last) == 0 {
-		return nil
-	}
-	_, err := h.w.Write(h.last)
-	h.last = h.last[:0]
-	return err
 }

@@ -18,7 +18,7 @@ const (
 var (
 	requests = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "s3snap", Subsystem: "mirror", Name: "requests_total",
-		Help: "Mirror requests by kind (base, manifest, blob, other), method and status code (\"aborted\": connection cut, content did not verify).",
+		Help: "Mirror requests by kind (base, manifest, blob, other), method and status code.",
 	}, []string{"kind", "method", "code"})
 	bytesServed = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "s3snap", Subsystem: "mirror", Name: "served_bytes_total",
@@ -36,9 +36,6 @@ func observe(kind, method string, w *statusWriter) {
 		status = http.StatusOK
 	}
 	code := strconv.Itoa(status)
-	if w.aborted {
-		code = "aborted"
-	}
 	requests.WithLabelValues(kind, method, code).Inc()
 	if w.n > 0 && (kind == kindManifest || kind == kindBlob) && status < 300 {
 		bytesServed.WithLabelValues(kind).Add(float64(w.n))

@@ -13,15 +13,18 @@
 // any status above 399 when resolving, and its fetcher after any error; it
 // retries a 5xx only on the last host, which the mirror never is. 404 is
 // the answer for "not in the bucket"; 503 for "could not ask the bucket".
-// The bytes themselves are never trusted blindly: a full blob GET is
-// verified against its digest while streaming, and on a mismatch the
-// connection is cut before the last byte, so no client ever sees a
-// complete response with wrong content.
+// The bytes themselves are never trusted blindly: a blob is read whole and
+// verified against its digest into a local spool before its first byte is
+// sent, whole or by range; one that does not verify is a 503.
 package mirror
 
 import (
+	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -36,11 +39,37 @@ type StoreFunc func(host string) (*store.Store, bool)
 type Mirror struct {
 	stores    StoreFunc
 	manifests manifestCache
+	spool     *spool
 }
 
-// New returns a Mirror answering from stores.
-func New(stores StoreFunc) *Mirror {
-	return &Mirror{stores: stores}
+type options struct {
+	spoolDir string
+	spoolTTL time.Duration
+}
+
+// Option configures a Mirror.
+type Option func(*options)
+
+// WithSpool sets where verified blobs are kept while they are served and
+// how long after their last use (default: a directory under os.TempDir(),
+// 10 minutes).
+func WithSpool(dir string, ttl time.Duration) Option {
+	return func(o *options) { o.spoolDir, o.spoolTTL = dir, ttl }
+}
+
+// New returns a Mirror answering from stores. It empties the spool.
+func New(stores StoreFunc, opts ...Option) (*Mirror, error) {
+	o := options{spoolDir: filepath.Join(os.TempDir(), "s3snap-mirror"), spoolTTL: 10 * time.Minute}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := os.RemoveAll(o.spoolDir); err != nil {
+		return nil, fmt.Errorf("empty mirror spool %s: %w", o.spoolDir, err)
+	}
+	if err := os.MkdirAll(o.spoolDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create mirror spool %s: %w", o.spoolDir, err)
+	}
+	return &Mirror{stores: stores, spool: &spool{dir: o.spoolDir, ttl: o.spoolTTL}}, nil
 }
 
 // Request kinds, as used in metrics labels.
@@ -138,9 +167,8 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // statusWriter records the status and body bytes written, for metrics.
 type statusWriter struct {
 	http.ResponseWriter
-	status  int
-	n       int64
-	aborted bool // the connection was cut mid-body
+	status int
+	n      int64
 }
 
 func (s *statusWriter) WriteHeader(code int) {

@@ -17,6 +17,9 @@ type Containerd struct {
 	Dir       string
 	Address   string
 	Namespace string
+	config    string
+	env       []string
+	t         testing.TB
 }
 
 // ContainerdOptions adjust the instance's config.
@@ -33,7 +36,7 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 	if os.Geteuid() != 0 {
 		Unavailable(t, "containerd needs root")
 	}
-	bin := Bin(t, "containerd")
+	Bin(t, "containerd")
 	Bin(t, "containerd-shim-runc-v2")
 	Bin(t, "runc")
 	// A short base dir: unix socket paths are limited to 108 bytes.
@@ -77,15 +80,29 @@ disabled_plugins = [%s]
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	env := []string{"PATH=" + BinDir() + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	c.Process = Start(t, "containerd", env, bin, "--config", path)
+	c.config, c.t = path, t
+	c.env = []string{"PATH=" + BinDir() + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	c.start(t)
+	t.Cleanup(func() { c.cleanupNamespace(Bin(t, "ctr")) })
+	return c
+}
+
+func (c *Containerd) start(t testing.TB) {
+	t.Helper()
+	c.Process = Start(c.t, "containerd", c.env, Bin(t, "containerd"), "--config", c.config)
 	ctr := Bin(t, "ctr")
 	WaitFor(t, c.Process, 30*time.Second, "containerd at "+c.Address, func() bool {
 		_, err := RunErr(context.Background(), ctr, "--address", c.Address, "version")
 		return err == nil
 	})
-	t.Cleanup(func() { c.cleanupNamespace(ctr) })
-	return c
+}
+
+// Restart stops containerd (SIGTERM) and starts it again on the same
+// root, state and config.
+func (c *Containerd) Restart(t testing.TB) {
+	t.Helper()
+	c.Stop()
+	c.start(t)
 }
 
 // Ctr runs ctr against this instance and namespace, failing t on error.

@@ -1,0 +1,242 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/s3snap/s3snap/integration/faultproxy"
+	"github.com/s3snap/s3snap/integration/testenv"
+	"github.com/s3snap/s3snap/store"
+)
+
+// pseudoRandom is incompressible test data, the same for the same seed.
+func pseudoRandom(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// hashLine is what /hello prints for a file.
+func hashLine(name string, data []byte) string {
+	return fmt.Sprintf("%x  %s", sha256.Sum256(data), name)
+}
+
+// pullEnv is an agent between a private containerd and a bucket, with S3
+// behind a fault proxy and a real registry upstream holding the same images.
+type pullEnv struct {
+	e        *testenv.S3Env
+	bucket   string
+	st       *store.Store
+	reg      *testenv.Registry
+	proxy    *faultproxy.Proxy
+	agent    *testenv.Agent
+	ctrd     *testenv.Containerd
+	upstream string
+}
+
+func newPullEnv(t *testing.T, cri bool) *pullEnv {
+	t.Helper()
+	e := testenv.S3(t)
+	p := &pullEnv{e: e, bucket: e.NewBucket(t), reg: testenv.StartFSRegistry(t)}
+	p.upstream = p.reg.Addr
+	p.st = store.New(e.Client(t), p.bucket, store.WithPrefix("ecr"))
+	proxy, err := faultproxy.New(e.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	p.proxy = proxy
+	viaProxy := *e
+	viaProxy.Endpoint = proxy.URL()
+	p.agent = testenv.StartAgent(t, testenv.AgentOptions{
+		S3:         &viaProxy,
+		Registries: map[string]string{p.upstream: "s3://" + p.bucket + "/ecr"},
+		Extra:      "[fetch]\npart_size = \"1MiB\"\n",
+	})
+	p.ctrd = testenv.StartContainerd(t, testenv.ContainerdOptions{Extra: p.agent.ContainerdConfig(p.upstream), CRI: cri})
+	return p
+}
+
+// add puts im in the bucket (tagged) and in the upstream registry.
+func (p *pullEnv) add(t *testing.T, repo string, im *testenv.Image, inBucket bool) string {
+	t.Helper()
+	if inBucket {
+		testenv.PutImage(t, p.st, repo, im)
+		if err := p.st.Tag(context.Background(), repo, "v1", im.Digest); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.PushToRegistry(t, p.upstream, repo, "v1", im)
+	return p.upstream + "/" + repo + ":v1"
+}
+
+func (p *pullEnv) pull(t *testing.T, ref string) {
+	t.Helper()
+	p.ctrd.Ctr(t, "images", "pull", "--hosts-dir", p.agent.HostsDir, "--snapshotter", "s3snap", ref)
+}
+
+// run runs /hello in a container from ref and checks it printed the
+// expected hash lines.
+func (p *pullEnv) run(t *testing.T, ref, id string, files map[string][]byte) {
+	t.Helper()
+	args := []string{"run", "--rm", "--snapshotter", "s3snap", ref, id + "-" + p.ctrd.Namespace, "/hello"}
+	for name := range files {
+		args = append(args, name)
+	}
+	out := p.ctrd.Ctr(t, args...)
+	if !strings.Contains(out, "hello from s3snap") {
+		t.Fatalf("container output:\n%s", out)
+	}
+	for name, data := range files {
+		if !strings.Contains(out, hashLine(name, data)) {
+			t.Errorf("in the container %s does not hash right:\n%s", name, out)
+		}
+	}
+}
+
+func (p *pullEnv) provided(t *testing.T) float64 {
+	return p.agent.Metric(t, "s3snap_snapshotter_layers_provided_total")
+}
+
+// TestAgentPullsLayersFromS3: with the agent as containerd's snapshotter, an
+// image in the bucket is pulled by its registry reference with zero layer
+// blob downloads (from the registry or the mirror): every layer is fetched
+// from S3 by the snapshotter, and a container from it runs with every file
+// intact, also after the agent and then containerd restart.
+func TestAgentPullsLayersFromS3(t *testing.T) {
+	p := newPullEnv(t, false)
+	files := map[string][]byte{
+		"/data/a": pseudoRandom(1, 3<<20), // three 1 MiB parts
+		"/data/b": bytes.Repeat([]byte("compressible "), 100000),
+		"/etc/c":  []byte("small"),
+	}
+	im := testenv.RunnableImage(t,
+		[]testenv.File{{Name: "data/a", Data: files["/data/a"]}},
+		[]testenv.File{{Name: "data/b", Data: files["/data/b"]}},
+		[]testenv.File{{Name: "etc/c", Data: files["/etc/c"]}},
+	)
+	ref := p.add(t, "team/app", im, true)
+
+	p.pull(t, ref)
+	if n := p.provided(t); int(n) != len(im.Layers) {
+		t.Errorf("snapshotter provided %v layers from S3, want all %d", n, len(im.Layers))
+	}
+	if n := registryRequests(t, p.reg, "/v2/team/app/blobs/"); n != 0 {
+		t.Errorf("containerd downloaded %d blobs from the registry, want 0", n)
+	}
+	// The mirror serves the manifest and the config; no layer passes through it.
+	if n := p.agent.Metric(t, "s3snap_mirror_served_bytes_total", "kind=blob"); int(n) != len(im.Config) {
+		t.Errorf("the mirror served %v blob bytes, want only the %d-byte config", n, len(im.Config))
+	}
+	p.run(t, ref, "first", files)
+
+	t.Run("restart agent then containerd: images run, nothing fetched again", func(t *testing.T) {
+		p.agent.Restart(t)
+		p.ctrd.Restart(t)
+		p.run(t, ref, "after-restart", files)
+		p.pull(t, ref) // pulling again is a no-op
+		if n := p.provided(t); n != 0 {
+			t.Errorf("after restart the agent fetched %v layers again", n)
+		}
+		if n := p.agent.Metric(t, "s3snap_snapshotter_fetched_bytes_total"); n != 0 {
+			t.Errorf("after restart the agent fetched %v bytes again", n)
+		}
+		if n := registryRequests(t, p.reg, "/v2/team/app/blobs/"); n != 0 {
+			t.Errorf("after restart containerd downloaded %d blobs", n)
+		}
+	})
+
+	t.Run("image only upstream falls back", func(t *testing.T) {
+		other := map[string][]byte{"/only": []byte("upstream only")}
+		ref := p.add(t, "team/other", testenv.RunnableImage(t, []testenv.File{{Name: "only", Data: other["/only"]}}), false)
+		p.pull(t, ref)
+		if n := p.agent.Metric(t, "s3snap_snapshotter_fallbacks_total", "reason=not_in_bucket"); n < 1 {
+			t.Errorf("fallbacks{not_in_bucket} = %v", n)
+		}
+		p.run(t, ref, "upstream", other)
+	})
+}
+
+// TestAgentFaults: a flipped byte or a truncated object in the bucket, or S3
+// going down mid-pull, never leaves a corrupt layer: the pull falls back to
+// the registry and the container sees the right bytes.
+func TestAgentFaults(t *testing.T) {
+	p := newPullEnv(t, false)
+	ctx := context.Background()
+	for i, tc := range []struct {
+		name   string
+		damage func(t *testing.T, key string, data []byte)
+	}{
+		{"flipped byte", func(t *testing.T, key string, data []byte) {
+			data[len(data)/2] ^= 0x40
+			putObject(t, p.e, p.bucket, key, data)
+		}},
+		{"truncated object", func(t *testing.T, key string, data []byte) {
+			putObject(t, p.e, p.bucket, key, data[:len(data)/2])
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			files := map[string][]byte{"/data/x": pseudoRandom(uint64(10+i), 2<<20)}
+			im := testenv.RunnableImage(t, []testenv.File{{Name: "data/x", Data: files["/data/x"]}})
+			repo := fmt.Sprintf("fault/case%d", i)
+			ref := p.add(t, repo, im, true)
+			layer := digest.FromBytes(im.Layers[1])
+			info, err := p.st.StatBlob(ctx, layer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.damage(t, info.Key, readObject(t, p.e, p.bucket, info.Key))
+			before := p.agent.Metric(t, "s3snap_snapshotter_fallbacks_total")
+			p.pull(t, ref)
+			if n := p.agent.Metric(t, "s3snap_snapshotter_fallbacks_total"); n <= before {
+				t.Errorf("no fallback recorded for a damaged layer")
+			}
+			if n := registryRequests(t, p.reg, "/v2/"+repo+"/blobs/sha256:"+layer.Encoded()); n == 0 {
+				t.Errorf("the damaged layer was not fetched from the registry")
+			}
+			p.run(t, ref, strings.ReplaceAll(tc.name, " ", "-"), files)
+		})
+	}
+
+	t.Run("S3 goes down mid-pull", func(t *testing.T) {
+		files := map[string][]byte{
+			"/data/1": pseudoRandom(21, 4<<20),
+			"/data/2": pseudoRandom(22, 4<<20),
+			"/data/3": pseudoRandom(23, 4<<20),
+		}
+		im := testenv.RunnableImage(t,
+			[]testenv.File{{Name: "data/1", Data: files["/data/1"]}},
+			[]testenv.File{{Name: "data/2", Data: files["/data/2"]}},
+			[]testenv.File{{Name: "data/3", Data: files["/data/3"]}},
+		)
+		ref := p.add(t, "fault/down", im, true)
+		// The third ranged GET of layer data kills the S3 server (the proxy).
+		kill := p.proxy.Add(faultproxy.Rule{
+			Method: http.MethodGet,
+			Match:  func(r *http.Request) bool { return r.Header.Get("Range") != "" },
+			Nth:    3,
+			Fault:  faultproxy.Reset,
+			After:  1000,
+			Hook:   func(*http.Request) { go p.proxy.Close() },
+		})
+		p.pull(t, ref)
+		if kill.Fired() != 1 {
+			t.Fatalf("S3 was not taken down mid-pull (rule fired %d times)", kill.Fired())
+		}
+		p.run(t, ref, "s3-down", files)
+		if code, _ := p.agent.Health(t); code != http.StatusServiceUnavailable {
+			t.Errorf("healthz with S3 down = %d, want 503", code)
+		}
+	})
+}
