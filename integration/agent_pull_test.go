@@ -240,3 +240,38 @@ func TestAgentFaults(t *testing.T) {
 		}
 	})
 }
+
+// TestAgentCRIPull is the kubelet's path: containerd's CRI image service
+// with the agent as its snapshotter and snapshot annotations on, pulled
+// with crictl. Every layer comes from S3; the registry serves no blob.
+func TestAgentCRIPull(t *testing.T) {
+	crictl := testenv.Bin(t, "crictl")
+	p := newPullEnv(t, true)
+	files := map[string][]byte{"/data/cri": pseudoRandom(31, 2<<20)}
+	im := testenv.RunnableImage(t, []testenv.File{{Name: "data/cri", Data: files["/data/cri"]}})
+	ref := p.add(t, "team/cri", im, true)
+
+	endpoint := "unix://" + p.ctrd.Address
+	out := testenv.Run(t, crictl, "--runtime-endpoint", endpoint, "--image-endpoint", endpoint, "--timeout", "60s", "pull", ref)
+	// crictl names an image by its ID, the config's digest.
+	if id := digest.FromBytes(im.Config); !strings.Contains(out, "Image is up to date for "+id.String()) {
+		t.Errorf("crictl pull printed %q, want image %s", out, id)
+	}
+	if n := p.provided(t); int(n) != len(im.Layers) {
+		t.Errorf("snapshotter provided %v layers from S3, want %d", n, len(im.Layers))
+	}
+	if n := registryRequests(t, p.reg, "/v2/team/cri/blobs/"); n != 0 {
+		t.Errorf("the registry served %d blobs, want 0", n)
+	}
+	images := testenv.Run(t, crictl, "--runtime-endpoint", endpoint, "--image-endpoint", endpoint, "images", "--digests")
+	if !strings.Contains(images, p.upstream+"/team/cri") {
+		t.Errorf("crictl images does not list the image:\n%s", images)
+	}
+	// The CRI's image lives in containerd's k8s.io namespace; run it there
+	// with the snapshotter it was unpacked into.
+	run := testenv.Run(t, testenv.Bin(t, "ctr"), "--address", p.ctrd.Address, "--namespace", "k8s.io",
+		"run", "--rm", "--snapshotter", "s3snap", ref, "cri-run-"+p.ctrd.Namespace, "/hello", "/data/cri")
+	if !strings.Contains(run, hashLine("/data/cri", files["/data/cri"])) {
+		t.Errorf("container output:\n%s", run)
+	}
+}
