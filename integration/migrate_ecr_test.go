@@ -190,4 +190,22 @@ func TestMigrateECR(t *testing.T) {
 			t.Errorf("re-run after the loss: exit %d %+v", code, rep.Entries)
 		}
 	})
+
+	t.Run("bucket back to a registry", func(t *testing.T) {
+		back := testenv.StartFSRegistry(t)
+		rep, code := cli.migrate(t, "migrate", dst, "docker://"+back.Addr+"/restored")
+		if code != 0 || rep.Summary.Tags != len(s.want)-1 {
+			t.Fatalf("exit %d, summary %+v: want every tag", code, rep.Summary)
+		}
+		for key, d := range s.want {
+			if strings.Contains(key, "@") {
+				continue // untagged: a bucket lists tags
+			}
+			repo, tag, _ := strings.Cut(key, ":")
+			ref := back.Addr + "/restored/" + repo + ":" + tag
+			if got := strings.TrimSpace(testenv.Run(t, crane, "digest", "--insecure", ref)); got != d.String() {
+				t.Errorf("%s: %s, want %s", ref, got, d)
+			}
+		}
+	})
 }

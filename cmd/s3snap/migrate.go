@@ -32,7 +32,7 @@ source repository, or prefixes many.
 Indexes are copied whole, byte for byte: every digest is preserved (unless
 --platform cuts indexes down; the report says so). Blobs stream from the
 registry into S3 multipart uploads, verified against their digest on the way,
-with no local disk; memory is bounded by --jobs (about 40 MiB per blob in
+with no local disk; memory is bounded by --jobs (about 80 MiB per blob in
 flight). Blobs already in the bucket are not copied again, from any
 repository, and a tag is written only after everything it reaches is in
 place, so a re-run (after a kill, or with --watch during a cutover) copies

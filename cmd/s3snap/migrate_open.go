@@ -17,7 +17,7 @@ import (
 // Multipart settings of migrate's uploads: memory is about
 // --jobs x part size x (parts in flight + 1).
 const (
-	migratePartSize  = 8 << 20
+	migratePartSize  = 16 << 20
 	migratePartJobs  = 4
 	migrateUntagged  = true
 	ecrEndpointUsage = "ECR API endpoint URL (a VPC endpoint, or a stand-in; default: AWS's, or $AWS_ENDPOINT_URL_ECR)"
