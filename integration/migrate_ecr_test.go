@@ -101,6 +101,12 @@ func TestMigrateECR(t *testing.T) {
 		if total != len(s.want) {
 			t.Errorf("shards planned %d images, want %d: %v", total, len(s.want), seen)
 		}
+		// --pushed-after drops what ECR says was pushed earlier.
+		s.fake.SetPushedAt("base/one", s.want["base/one:v1"].String(), time.Now().Add(-72*time.Hour))
+		rep, code := cli.migrate(t, "migrate", ecrFlag, "--dry-run", "--pushed-after=24h", "--repo=^base/", s.fake.URL(), dst)
+		if code != 0 || len(rep.Entries) != 1 || rep.Entries[0].Key() != "base/two:v1" || rep.Summary.BytesPlanned == 0 {
+			t.Errorf("--pushed-after=24h --repo=^base/: exit %d, %+v; want base/two:v1 alone", code, rep.Entries)
+		}
 		if keys := testenv.Keys(t, e.Client(t), bucket, ""); len(keys) != 0 {
 			t.Errorf("dry run wrote %d objects", len(keys))
 		}
