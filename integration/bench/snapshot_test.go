@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/log"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/s3snap/s3snap/integration/testenv"
@@ -40,6 +41,9 @@ func BenchmarkSnapshotterRealistic(b *testing.B) {
 		}
 		dropCaches(b)
 		start := time.Now()
+		if os.Getenv("S3SNAP_BENCH_DEBUG") != "" {
+			_ = log.SetLevel("debug")
+		}
 		_, served := testenv.PrepareLayers(b, sn, host+"/bench/realistic", im)
 		times = append(times, time.Since(start))
 		if served != len(im.Layers) {
