@@ -53,7 +53,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
 		return fmt.Errorf("create root: %w", err)
 	}
-	sn, err := snapshotter.New(ctx, cfg.Root, storeFunc)
+	sn, err := snapshotter.New(ctx, cfg.Root, storeFunc, snapshotter.WithUnpackJobs(cfg.Fetch.UnpackJobs))
 	if err != nil {
 		return fmt.Errorf("open snapshotter: %w", err)
 	}

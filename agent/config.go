@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -70,6 +71,9 @@ type FetchConfig struct {
 	PartSize Size `toml:"part_size"`
 	// Concurrency is how many ranged GETs one blob keeps in flight.
 	Concurrency int `toml:"concurrency"`
+	// UnpackJobs is how many layers are fetched and unpacked at once.
+	// Unpacking is CPU-bound: about one per core.
+	UnpackJobs int `toml:"unpack_jobs"`
 }
 
 // RegistryConfig is one [[registry]] entry: images of registry Host are
@@ -89,7 +93,7 @@ func Default() Config {
 		Socket:  DefaultSocket,
 		Mirror:  MirrorConfig{Address: DefaultMirrorAddress},
 		Metrics: MetricsConfig{Address: DefaultMetricsAddress},
-		Fetch:   FetchConfig{PartSize: fetcher.DefaultPartSize, Concurrency: fetcher.DefaultConcurrency},
+		Fetch:   FetchConfig{PartSize: fetcher.DefaultPartSize, Concurrency: fetcher.DefaultConcurrency, UnpackJobs: min(runtime.NumCPU(), 4)},
 	}
 }
 
@@ -160,6 +164,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Fetch.PartSize < 64<<10 || c.Fetch.PartSize > 1<<30 {
 		bad("[fetch] part_size %d: want 64KiB to 1GiB", c.Fetch.PartSize)
+	}
+	if c.Fetch.UnpackJobs < 1 || c.Fetch.UnpackJobs > 64 {
+		bad("[fetch] unpack_jobs %d: want 1 to 64", c.Fetch.UnpackJobs)
 	}
 	if c.Fetch.Concurrency < 1 || c.Fetch.Concurrency > 1024 {
 		bad("[fetch] concurrency %d: want 1 to 1024", c.Fetch.Concurrency)

@@ -86,6 +86,7 @@ func TestParseErrors(t *testing.T) {
 		name, config, want string
 	}{
 		{"unknown top-level key", `cache = "/x"` + reg, "unknown key"},
+		{"no unpack jobs", "[fetch]\nunpack_jobs = 0\n" + reg, "unpack_jobs 0"},
 		{"unknown nested key", "[s3]\nbucket = \"x\"\n" + reg, "bucket"},
 		{"typo in registry", "[[registry]]\nhost = \"r\"\nbucket = \"s3://b\"\n", "bucket"},
 		{"syntax error", "root = \n" + reg, "line 1"},
