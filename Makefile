@@ -31,6 +31,9 @@ lint:
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /integration)
 
+# Tests never ask an EC2 instance metadata service (none exists here).
+test bench: export AWS_EC2_METADATA_DISABLED := true
+
 test: env-up lint
 	$(GO) test -count=1 -timeout 30m ./...
 

@@ -1,8 +1,14 @@
 package fetcher
 
 import (
+	"cmp"
+	"errors"
+	"os"
+	"time"
+
 	"context"
 	"fmt"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"net/http"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -32,6 +38,9 @@ type ClientConfig struct {
 // it every part beyond the tenth would open (and TIME_WAIT) a new connection.
 const maxIdleConnsPerHost = 256
 
+// ErrNoRegion means no AWS region was given or could be found.
+var ErrNoRegion = errors.New("no AWS region")
+
 // NewClient builds an S3 client with the AWS default credential chain: env,
 // shared profile, IRSA web identity, Pod Identity / container credentials,
 // then the IMDSv2 instance role. Credentials are resolved lazily by the SDK
@@ -47,18 +56,32 @@ func NewClient(ctx context.Context, cfg ClientConfig) (*s3.Client, error) {
 	}
 	if cfg.Region != "" {
 		opts = append(opts, config.WithRegion(cfg.Region))
-	} else if cfg.Endpoint == "" {
-		// On EC2 the region usually comes from the instance itself. Not
-		// asked for a custom endpoint: a local S3 server needs no
-		// round trip to an IMDS that may not exist.
-		opts = append(opts, config.WithEC2IMDSRegion())
 	}
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("load aws config: %w", err)
 	}
-	if awsCfg.Region == "" && cfg.Endpoint != "" {
+	endpoint := cfg.Endpoint
+	if endpoint == "" {
+		endpoint = cmp.Or(os.Getenv("AWS_ENDPOINT_URL_S3"), os.Getenv("AWS_ENDPOINT_URL"))
+	}
+	switch {
+	case awsCfg.Region != "":
+	case endpoint != "":
+		// A local S3-compatible server: any region signs; no round trip
+		// to an instance metadata service that may not exist.
 		awsCfg.Region = "us-east-1"
+	default:
+		// On EC2 the region usually comes from the instance itself.
+		imdsCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		out, err := imds.NewFromConfig(awsCfg, func(o *imds.Options) {
+			o.EnableFallback = aws.FalseTernary // IMDSv2 only
+		}).GetRegion(imdsCtx, &imds.GetRegionInput{})
+		if err != nil {
+			return nil, fmt.Errorf("%w: give --region or set AWS_REGION (the EC2 instance metadata service did not say: %v)", ErrNoRegion, err)
+		}
+		awsCfg.Region = out.Region
 	}
 	return s3.NewFromConfig(awsCfg, func(o *s3.Options) {
 		if cfg.Endpoint != "" {
