@@ -14,6 +14,11 @@ var (
 		Namespace: "s3snap", Subsystem: "snapshotter", Name: "fetched_bytes_total",
 		Help: "Compressed layer bytes fetched from S3.",
 	})
+	unpackSeconds = promauto.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "s3snap", Subsystem: "snapshotter", Name: "layer_unpack_seconds",
+		Help:    "Time to fetch, verify and unpack one layer from S3.",
+		Buckets: prometheus.ExponentialBuckets(0.05, 2, 12), // 50ms .. ~100s
+	})
 	fallbacks = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "s3snap", Subsystem: "snapshotter", Name: "fallbacks_total",
 		Help: "Layer Prepares left to containerd's own pull, by reason.",

@@ -85,6 +85,7 @@ func unpackLayer(ctx context.Context, sn snapshots.Snapshotter, st *store.Store,
 		return nil, fmt.Errorf("layer %s: read %d of %d bytes: %w", d, counted.n, info.Size, store.ErrSizeMismatch)
 	}
 	s := &staged{key: key, diffID: digest.NewDigest(digest.SHA256, h), bytes: counted.n}
+	unpackSeconds.Observe(time.Since(start).Seconds())
 	log.G(ctx).WithField("layer", d).WithField("bytes", s.bytes).WithField("took", time.Since(start)).Debug("layer unpacked from s3")
 	return s, nil
 }
