@@ -1,0 +1,94 @@
+package systemd
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+
+	"github.com/s3snap/s3snap/agent"
+)
+
+// AgentSettings are the installer's flags for the agent's config file.
+// Empty fields take the agent's defaults.
+type AgentSettings struct {
+	Bucket     string
+	Prefix     string
+	Registries []string // registry hosts whose images live in the bucket
+	Region     string
+	Endpoint   string
+	Root       string // snapshotter state dir
+	Socket     string
+	Mirror     string // mirror host:port
+	Metrics    string // metrics host:port
+}
+
+// render writes the settings as a commented config file.
+func (s AgentSettings) render() string {
+	var b strings.Builder
+	b.WriteString("# s3snap node agent config, written by `s3snap install`.\n# See `s3snap agent --help` for every setting.\n\n")
+	kv := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(&b, "%s = %q\n", k, v)
+		}
+	}
+	kv("root", s.Root)
+	kv("socket", s.Socket)
+	if s.Mirror != "" {
+		b.WriteString("\n[mirror]\n")
+		kv("address", s.Mirror)
+	}
+	if s.Metrics != "" {
+		b.WriteString("\n[metrics]\n")
+		kv("address", s.Metrics)
+	}
+	b.WriteString("\n# Credentials come from the AWS SDK's default chain (the instance role).\n[s3]\n")
+	kv("region", s.Region)
+	kv("endpoint", s.Endpoint)
+	store := "s3://" + s.Bucket
+	if p := strings.Trim(s.Prefix, "/"); p != "" {
+		store += "/" + p
+	}
+	for _, h := range s.Registries {
+		fmt.Fprintf(&b, "\n[[registry]]\nhost = %q\nstore = %q\n", h, store)
+	}
+	return b.String()
+}
+
+// agentConfig returns the agent config to install and its file's text:
+// rendered from o.Agent, or else the one already installed.
+func agentConfig(t *tree, o Options) (agent.Config, string, error) {
+	if o.Agent != nil {
+		if o.Agent.Bucket == "" {
+			return agent.Config{}, "", fmt.Errorf("%w: no bucket: --bucket is required", ErrInvalid)
+		}
+		if len(o.Agent.Registries) == 0 {
+			return agent.Config{}, "", fmt.Errorf("%w: no registry host: give --registry HOST at least once", ErrInvalid)
+		}
+		text := o.Agent.render()
+		cfg, err := agent.Parse([]byte(text))
+		if err != nil {
+			return agent.Config{}, "", fmt.Errorf("%w: agent config: %w", ErrInvalid, err)
+		}
+		return cfg, text, nil
+	}
+	b, err := t.read(o.AgentConfigPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return agent.Config{}, "", fmt.Errorf("%w: no agent config at %s: give --bucket and --registry", ErrInvalid, o.AgentConfigPath)
+	}
+	if err != nil {
+		return agent.Config{}, "", err
+	}
+	cfg, err := agent.Parse(b)
+	if err != nil {
+		return agent.Config{}, "", fmt.Errorf("installed agent config %s: %w", o.AgentConfigPath, err)
+	}
+	return cfg, string(b), nil
+}
+
+// hostsMarker marks a hosts.toml s3snap wrote (uninstall removes only those).
+const hostsMarker = "# Written by s3snap install"
+
+func hostsTOML(cfg agent.Config, host, server string) []byte {
+	return []byte(hostsMarker + ": the agent's loopback mirror first, then the registry.\n" + agent.HostsTOML(cfg, host, server))
+}

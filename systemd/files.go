@@ -1,0 +1,189 @@
+package systemd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/containerd/log"
+)
+
+// tree reads and writes node paths below a root, comparing before writing.
+type tree struct {
+	root   string
+	dryRun bool
+}
+
+func (t *tree) host(p string) string { return filepath.Join(t.root, p) }
+
+func (t *tree) read(p string) ([]byte, error) { return os.ReadFile(t.host(p)) }
+
+// write makes node path p hold data with mode. An existing file with other
+// content is first copied to p+BackupSuffix when backup is set and no such
+// copy exists yet (the first backup is the user's original: later runs
+// must not replace it with s3snap's own output).
+func (t *tree) write(p string, data []byte, mode os.FileMode, backup bool) (Change, error) {
+	c := Change{Path: p}
+	h := t.host(p)
+	old, err := os.ReadFile(h)
+	switch {
+	case err == nil:
+		fi, serr := os.Stat(h)
+		if bytes.Equal(old, data) && serr == nil && fi.Mode().Perm() == mode {
+			c.Action = "unchanged"
+			return c, nil
+		}
+		c.Action = "updated"
+		if backup && !bytes.Equal(old, data) {
+			b := h + BackupSuffix
+			if _, err := os.Lstat(b); errors.Is(err, fs.ErrNotExist) {
+				c.Backup = p + BackupSuffix
+				if !t.dryRun {
+					if err := writeAtomic(b, old, fi.Mode().Perm()); err != nil {
+						return c, fmt.Errorf("back up %s: %w", p, err)
+					}
+				}
+			}
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		c.Action = "created"
+	default:
+		return c, fmt.Errorf("read %s: %w", p, err)
+	}
+	if t.dryRun {
+		return c, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(h), 0o755); err != nil {
+		return c, fmt.Errorf("write %s: %w", p, err)
+	}
+	if err := writeAtomic(h, data, mode); err != nil {
+		return c, fmt.Errorf("write %s: %w", p, err)
+	}
+	return c, nil
+}
+
+// writeAtomic writes a temporary file next to path and renames it over
+// path, so a reader (or a crash) never sees half a file.
+func writeAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// symlink makes node path p a symlink to target (a node path).
+func (t *tree) symlink(p, target string) (Change, error) {
+	c := Change{Path: p}
+	h := t.host(p)
+	cur, err := os.Readlink(h)
+	switch {
+	case err == nil && cur == target:
+		c.Action = "unchanged"
+		return c, nil
+	case err == nil:
+		c.Action = "updated"
+	case errors.Is(err, fs.ErrNotExist):
+		c.Action = "created"
+	default:
+		return c, fmt.Errorf("%s: exists and is not a symlink: %w", p, err)
+	}
+	if t.dryRun {
+		return c, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(h), 0o755); err != nil {
+		return c, err
+	}
+	if c.Action == "updated" {
+		if err := os.Remove(h); err != nil {
+			return c, err
+		}
+	}
+	if err := os.Symlink(target, h); err != nil {
+		return c, fmt.Errorf("link %s: %w", p, err)
+	}
+	return c, nil
+}
+
+// remove deletes node path p (a file or symlink), then its directory if
+// that is left empty.
+func (t *tree) remove(p string) (Change, error) {
+	c := Change{Path: p, Action: "removed"}
+	h := t.host(p)
+	if _, err := os.Lstat(h); errors.Is(err, fs.ErrNotExist) {
+		c.Action = "absent"
+		return c, nil
+	}
+	if t.dryRun {
+		return c, nil
+	}
+	if err := os.Remove(h); err != nil {
+		return c, fmt.Errorf("remove %s: %w", p, err)
+	}
+	// Only an empty directory goes: os.Remove refuses anything else.
+	_ = os.Remove(filepath.Dir(h))
+	return c, nil
+}
+
+// removeIfOurs removes p only if it holds marker (s3snap wrote it).
+func (t *tree) removeIfOurs(p, marker string) (Change, error) {
+	b, err := t.read(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Change{Path: p, Action: "absent"}, nil
+	}
+	if err != nil {
+		return Change{Path: p}, err
+	}
+	if !bytes.Contains(b, []byte(marker)) {
+		return Change{Path: p, Action: "unchanged", Note: "not written by s3snap: kept"}, nil
+	}
+	// The file s3snap replaced, if any, comes back.
+	if bak, err := t.read(p + BackupSuffix); err == nil {
+		c := Change{Path: p, Action: "updated", Note: "restored from " + p + BackupSuffix}
+		if !t.dryRun {
+			if err := writeAtomic(t.host(p), bak, 0o644); err != nil {
+				return c, err
+			}
+			if err := os.Remove(t.host(p + BackupSuffix)); err != nil {
+				return c, err
+			}
+		}
+		return c, nil
+	}
+	return t.remove(p)
+}
+
+// reload asks a running systemd to re-read its units when installing into
+// the live root; an image tree (or a machine without systemd) needs none.
+func reload(ctx context.Context, root string) {
+	if root != "/" {
+		return
+	}
+	if _, err := os.Stat("/run/systemd/system"); err != nil {
+		return
+	}
+	if out, err := exec.CommandContext(ctx, "systemctl", "daemon-reload").CombinedOutput(); err != nil {
+		log.G(ctx).WithError(err).WithField("output", string(out)).Warn("systemctl daemon-reload failed")
+	}
+}
