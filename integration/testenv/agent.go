@@ -45,6 +45,9 @@ type AgentOptions struct {
 	Extra string
 	// Env is added to the agent's environment (NOTIFY_SOCKET, say).
 	Env []string
+	// ConfigPath, if set, is a config file to run with instead of a
+	// generated one (Registries and Extra are ignored).
+	ConfigPath string
 }
 
 // StartAgent builds s3snap (once per test binary), writes a config for
@@ -75,6 +78,17 @@ func StartAgent(t testing.TB, opts AgentOptions) *Agent {
 		HostsDir:    filepath.Join(dir, "certs.d"),
 		t:           t,
 	}
+	if opts.ConfigPath != "" {
+		cfg, err := agent.Load(opts.ConfigPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.ConfigPath, a.Config, a.Root, a.Socket = opts.ConfigPath, cfg, cfg.Root, cfg.Socket
+		a.MirrorAddr, a.MetricsAddr, a.HostsDir = cfg.Mirror.Address, cfg.Metrics.Address, ""
+		a.env = agentEnv(opts)
+		a.start(t, bin)
+		return a
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "root = %q\nsocket = %q\n\n[mirror]\naddress = %q\n\n[metrics]\naddress = %q\n\n[s3]\nregion = %q\nendpoint = %q\npath_style = true\n",
 		a.Root, a.Socket, a.MirrorAddr, a.MetricsAddr, opts.S3.Region, opts.S3.Endpoint)
@@ -88,13 +102,19 @@ func StartAgent(t testing.TB, opts AgentOptions) *Agent {
 	if a.Config, err = agent.Load(a.ConfigPath); err != nil {
 		t.Fatalf("generated agent config: %v", err)
 	}
-	a.env = []string{
+	a.env = agentEnv(opts)
+	a.start(t, bin)
+	return a
+}
+
+// agentEnv gives the agent the test server's credentials and nothing else
+// of the caller's AWS settings.
+func agentEnv(opts AgentOptions) []string {
+	env := []string{
 		"AWS_ACCESS_KEY_ID=" + opts.S3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + opts.S3.SecretKey,
 		"AWS_REGION=" + opts.S3.Region, "AWS_EC2_METADATA_DISABLED=true", "AWS_PROFILE=", "AWS_ENDPOINT_URL=",
 	}
-	a.env = append(a.env, opts.Env...)
-	a.start(t, bin)
-	return a
+	return append(env, opts.Env...)
 }
 
 // start runs the agent, which lives until the test that called StartAgent

@@ -18,6 +18,7 @@ type Containerd struct {
 	Address   string
 	Namespace string
 	config    string
+	args      []string // flags overriding the config's paths
 	env       []string
 	t         testing.TB
 }
@@ -28,6 +29,10 @@ type ContainerdOptions struct {
 	Extra string
 	// CRI keeps the CRI plugin enabled; off by default to start faster.
 	CRI bool
+	// ConfigFile, if set, is a whole config.toml to run with instead of the
+	// generated one (Extra and CRI are ignored); its root, state and grpc
+	// address are overridden with the instance's own.
+	ConfigFile string
 }
 
 // StartContainerd starts containerd 2.x from env.sh's cache. It needs root.
@@ -80,6 +85,10 @@ disabled_plugins = [%s]
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if opts.ConfigFile != "" {
+		path = opts.ConfigFile
+		c.args = []string{"--root", filepath.Join(dir, "root"), "--state", filepath.Join(dir, "state"), "--address", c.Address}
+	}
 	c.config, c.t = path, t
 	c.env = []string{"PATH=" + BinDir() + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	c.start(t)
@@ -89,7 +98,7 @@ disabled_plugins = [%s]
 
 func (c *Containerd) start(t testing.TB) {
 	t.Helper()
-	c.Process = Start(c.t, "containerd", c.env, Bin(t, "containerd"), "--config", c.config)
+	c.Process = Start(c.t, "containerd", c.env, Bin(t, "containerd"), append([]string{"--config", c.config}, c.args...)...)
 	ctr := Bin(t, "ctr")
 	WaitFor(t, c.Process, 30*time.Second, "containerd at "+c.Address, func() bool {
 		_, err := RunErr(context.Background(), ctr, "--address", c.Address, "version")
