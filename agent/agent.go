@@ -45,9 +45,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	storeFunc := func(host string) (*store.Store, bool) {
-		e, ok := stores[host]
-		return e.store, ok
+	storeFunc := func(host string) []*store.Store {
+		if e, ok := stores[host]; ok {
+			return []*store.Store{e.store}
+		}
+		return nil
 	}
 
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {

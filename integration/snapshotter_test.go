@@ -44,8 +44,11 @@ func newSnapEnv(t *testing.T) *snapEnv {
 
 func (env *snapEnv) open(t *testing.T) {
 	t.Helper()
-	sn, err := snapshotter.New(context.Background(), env.root, func(host string) (*store.Store, bool) {
-		return env.st, host == testRegistryHost
+	sn, err := snapshotter.New(context.Background(), env.root, func(host string) []*store.Store {
+		if host != testRegistryHost {
+			return nil
+		}
+		return []*store.Store{env.st}
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -13,23 +13,32 @@ import (
 )
 
 // serveManifest answers HEAD/GET /v2/<name>/manifests/<tag|digest> with the
-// manifest exactly as stored, under its own media type.
-func (m *Mirror) serveManifest(w http.ResponseWriter, r *http.Request, st *store.Store, host string, rt route) {
+// manifest exactly as stored, under its own media type, from the first of
+// stores that holds it (a tag is resolved in each store on its own, so a
+// replica that lags serves its own, complete, image).
+func (m *Mirror) serveManifest(w http.ResponseWriter, r *http.Request, stores []*store.Store, host string, rt route) {
 	ctx := r.Context()
-	d, err := digest.Parse(rt.ref)
-	if err != nil {
-		if d, err = st.Resolve(ctx, rt.name, rt.ref); err != nil {
-			lookup(kindManifest, storeError(ctx, w, r, err, codeManifestUnknown))
-			return
+	var man *store.Manifest
+	st, err := tryStores(ctx, stores, func(st *store.Store) error {
+		d, err := digest.Parse(rt.ref)
+		if err != nil {
+			if d, err = st.Resolve(ctx, rt.name, rt.ref); err != nil {
+				return err
+			}
 		}
-	}
-	man, ok := m.manifests.get(st, rt.name, d)
-	if !ok {
+		var ok bool
+		if man, ok = m.manifests.get(st, rt.name, d); ok {
+			return nil
+		}
 		if man, err = st.GetManifest(ctx, rt.name, d); err != nil {
-			lookup(kindManifest, storeError(ctx, w, r, err, codeManifestUnknown))
-			return
+			return err
 		}
 		m.manifests.put(st, rt.name, man)
+		return nil
+	})
+	if err != nil {
+		lookup(kindManifest, storeError(ctx, w, r, err, codeManifestUnknown))
+		return
 	}
 	logger := log.G(ctx).WithField("image", host+"/"+rt.name+":"+rt.ref).WithField("digest", man.Digest)
 	// The mirror does not convert between manifest formats: if the client
@@ -41,7 +50,9 @@ func (m *Mirror) serveManifest(w http.ResponseWriter, r *http.Request, st *store
 		return
 	}
 	lookup(kindManifest, resultHit)
-	logger.Info("mirror: manifest served from s3")
+	m.preferred.remember(host, rt.name, st)
+	servedFrom(w, st.URL())
+	logger.WithField("store", st.URL()).Info("mirror: manifest served from s3")
 	h := w.Header()
 	h.Set("Content-Type", man.MediaType)
 	h.Set("Content-Length", strconv.Itoa(len(man.Raw)))

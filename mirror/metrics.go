@@ -22,8 +22,8 @@ var (
 	}, []string{"kind", "method", "code"})
 	bytesServed = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "s3snap", Subsystem: "mirror", Name: "served_bytes_total",
-		Help: "Manifest and blob bytes the mirror sent, by kind.",
-	}, []string{"kind"})
+		Help: "Manifest and blob bytes the mirror sent, by kind and store (s3://bucket/prefix).",
+	}, []string{"kind", "store"})
 	lookups = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "s3snap", Subsystem: "mirror", Name: "lookups_total",
 		Help: "Manifest and blob lookups by kind and result: hit (served from S3), miss (404, containerd goes upstream), error (S3 failed or content damaged).",
@@ -38,7 +38,7 @@ func observe(kind, method string, w *statusWriter) {
 	code := strconv.Itoa(status)
 	requests.WithLabelValues(kind, method, code).Inc()
 	if w.n > 0 && (kind == kindManifest || kind == kindBlob) && status < 300 {
-		bytesServed.WithLabelValues(kind).Add(float64(w.n))
+		bytesServed.WithLabelValues(kind, w.store).Add(float64(w.n))
 	}
 }
 

@@ -31,14 +31,20 @@ import (
 	"github.com/s3snap/s3snap/store"
 )
 
-// StoreFunc returns the store that mirrors upstream registry host (as
-// containerd names it in ns, host[:port]), if any.
-type StoreFunc func(host string) (*store.Store, bool)
+// StoreFunc returns the stores that mirror upstream registry host (as
+// containerd names it in ns, host[:port]), in the order to look in them
+// (the node's own region's copy first); none means the host is not
+// mirrored. The first store that holds a manifest serves it; that store is
+// then tried first for the image's blobs. A store that lacks something, or
+// fails (logged), passes the request on to the next; after the last the
+// answer is a 404 or 503 and containerd goes upstream.
+type StoreFunc func(host string) []*store.Store
 
 // Mirror is the read-only registry handler. It is safe for concurrent use.
 type Mirror struct {
 	stores    StoreFunc
 	manifests manifestCache
+	preferred preferred
 	spool     *spool
 }
 
@@ -142,8 +148,8 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, http.StatusNotFound, codeNameUnknown, "no ns query parameter: which upstream registry is this for?")
 		return
 	}
-	st, ok := m.stores(host)
-	if !ok {
+	stores := m.stores(host)
+	if len(stores) == 0 {
 		writeError(w, r, http.StatusNotFound, codeNameUnknown, "registry "+host+" is not mirrored")
 		return
 	}
@@ -153,22 +159,24 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch rt.kind {
 	case kindManifest:
-		m.serveManifest(w, r, st, host, rt)
+		m.serveManifest(w, r, stores, host, rt)
 	case kindBlob:
 		d, err := digest.Parse(rt.ref)
 		if err != nil {
 			writeError(w, r, http.StatusNotFound, codeBlobUnknown, "not a digest: "+rt.ref)
 			return
 		}
-		m.serveBlob(w, r, st, host, rt.name, d)
+		m.serveBlob(w, r, m.preferred.order(host, rt.name, stores), host, rt.name, d)
 	}
 }
 
-// statusWriter records the status and body bytes written, for metrics.
+// statusWriter records the status and body bytes written, and the store
+// they came from, for metrics.
 type statusWriter struct {
 	http.ResponseWriter
 	status int
 	n      int64
+	store  string
 }
 
 func (s *statusWriter) WriteHeader(code int) {

@@ -64,7 +64,12 @@ func newFixture(t *testing.T) *fixture {
 	if _, err := f.st.PutBlob(ctx, digest.FromBytes(f.big), int64(len(f.big)), bytes.NewReader(f.big)); err != nil {
 		t.Fatal(err)
 	}
-	m, err := mirror.New(func(host string) (*store.Store, bool) { return f.st, host == upstream }, mirror.WithSpool(t.TempDir(), time.Minute))
+	m, err := mirror.New(func(host string) []*store.Store {
+		if host != upstream {
+			return nil
+		}
+		return []*store.Store{f.st}
+	}, mirror.WithSpool(t.TempDir(), time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +239,7 @@ func TestMirrorS3Down(t *testing.T) {
 	t.Run("server down", func(t *testing.T) {
 		down := f.e.ClientFor("http://"+testenv.FreeAddr(t), func(o *s3.Options) { o.RetryMaxAttempts = 1 })
 		st := store.New(down, f.bucket, store.WithPrefix("mirror"), store.WithFetcher(fetcher.New(down, fetcher.WithRetries(1))))
-		m, err := mirror.New(func(string) (*store.Store, bool) { return st, true }, mirror.WithSpool(t.TempDir(), time.Minute))
+		m, err := mirror.New(func(string) []*store.Store { return []*store.Store{st} }, mirror.WithSpool(t.TempDir(), time.Minute))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -123,22 +123,26 @@ func (j *jobs) expireJob(d digest.Digest, jb *job) {
 }
 
 // prefetch starts unpacking every layer of the image that is not yet a
-// snapshot. It reads the manifest and config from the store to learn the
+// snapshot, each from the first of stores that has it. It reads the
+// manifest and config from the first store that can give them to learn the
 // layers' chain IDs; without them it prefetches the listed layers as is.
-func (s *Snapshotter) prefetch(ctx context.Context, st *store.Store, r request) {
+func (s *Snapshotter) prefetch(ctx context.Context, stores []*store.Store, r request) {
 	todo := r.layers
 	if r.manifest != "" {
-		if layers, err := s.missingLayers(ctx, st, r); err == nil {
-			todo = layers
-		} else {
-			log.G(ctx).WithError(err).Debug("prefetch: cannot read image from store; prefetching listed layers")
+		for _, st := range stores {
+			layers, err := s.missingLayers(ctx, st, r)
+			if err == nil {
+				todo = layers
+				break
+			}
+			log.G(ctx).WithError(err).WithField("store", st.URL()).Debug("prefetch: cannot read image from store")
 		}
 	}
 	for _, d := range todo {
 		if d == r.layer {
 			continue // its own Prepare starts it
 		}
-		if ok, err := st.HasBlob(ctx, d); err == nil && ok {
+		if st, err := firstWith(ctx, stores, d); err == nil {
 			s.jobs.start(st, d)
 		}
 	}

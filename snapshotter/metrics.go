@@ -6,14 +6,14 @@ import (
 )
 
 var (
-	layersFetched = promauto.NewCounter(prometheus.CounterOpts{
+	layersFetched = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "s3snap", Subsystem: "snapshotter", Name: "layers_provided_total",
-		Help: "Layers fetched from S3, unpacked and committed instead of pulled by containerd.",
-	})
-	bytesFetched = promauto.NewCounter(prometheus.CounterOpts{
+		Help: "Layers fetched from S3, unpacked and committed instead of pulled by containerd, by store (s3://bucket/prefix).",
+	}, []string{"store"})
+	bytesFetched = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "s3snap", Subsystem: "snapshotter", Name: "fetched_bytes_total",
-		Help: "Compressed layer bytes fetched from S3.",
-	})
+		Help: "Compressed layer bytes fetched from S3, by store (s3://bucket/prefix).",
+	}, []string{"store"})
 	unpackSeconds = promauto.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "s3snap", Subsystem: "snapshotter", Name: "layer_unpack_seconds",
 		Help:    "Time to fetch, verify and unpack one layer from S3.",

@@ -24,8 +24,13 @@ import (
 	"github.com/s3snap/s3snap/store"
 )
 
-// StoreFunc returns the store that mirrors registry host, if any.
-type StoreFunc func(host string) (*store.Store, bool)
+// StoreFunc returns the stores that hold images of registry host, in the
+// order to look in them (the node's own region's copy first); none means
+// the host is not mirrored. A layer is read from the first store that has
+// it, preferring the one holding the image's manifest; a store that lacks
+// it, or fails (logged), passes the layer on to the next, and after the
+// last to containerd's own pull.
+type StoreFunc func(host string) []*store.Store
 
 // Snapshotter is a snapshots.Snapshotter that fills layers from S3. All
 // state is the overlay snapshotter's, so committed layers survive restarts
@@ -107,23 +112,20 @@ func (s *Snapshotter) provide(ctx context.Context, r request, parent string, lab
 	if _, err := s.Snapshotter.Stat(ctx, r.chainID); err == nil {
 		return nil // already committed, by us or an earlier pull
 	}
-	st, ok := s.stores(r.host)
-	if !ok {
+	stores := s.stores(r.host)
+	if len(stores) == 0 {
 		return fmt.Errorf("registry %s: %w", r.host, errNotMirrored)
 	}
-	if has, err := st.HasBlob(ctx, r.layer); err != nil {
-		return fmt.Errorf("look up layer %s: %w", r.layer, err)
-	} else if !has {
-		return fmt.Errorf("layer %s: %w", r.layer, errNotInBucket)
+	stores = manifestFirst(ctx, stores, r)
+	st, err := firstWith(ctx, stores, r.layer)
+	if err != nil {
+		return err
 	}
 	if len(r.layers) > 1 {
-		s.prefetch(ctx, st, r)
+		s.prefetch(ctx, stores, r)
 	}
 	start := time.Now()
-	sl, err := s.jobs.claim(ctx, st, r.layer)
-	if errors.Is(err, errClaimed) {
-		sl, err = unpackLayer(ctx, s.Snapshotter, st, r.layer)
-	}
+	sl, err := s.fetchLayer(ctx, stores, st, r.layer)
 	if err != nil {
 		return err
 	}
@@ -146,9 +148,9 @@ func (s *Snapshotter) provide(ctx context.Context, r request, parent string, lab
 		}
 		return fmt.Errorf("commit layer %s as %s: %w", r.layer, r.chainID, err)
 	}
-	layersFetched.Inc()
-	bytesFetched.Add(float64(sl.bytes))
-	log.G(ctx).WithField("layer", r.layer).WithField("chainID", r.chainID).WithField("waited", time.Since(start)).Info("layer provided from s3")
+	layersFetched.WithLabelValues(sl.store).Inc()
+	bytesFetched.WithLabelValues(sl.store).Add(float64(sl.bytes))
+	log.G(ctx).WithField("layer", r.layer).WithField("chainID", r.chainID).WithField("store", sl.store).WithField("waited", time.Since(start)).Info("layer provided from s3")
 	return nil
 }
 

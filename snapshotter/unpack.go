@@ -31,6 +31,7 @@ type staged struct {
 	key    string        // the active snapshot's key
 	diffID digest.Digest // what the unpacked tar hashed to
 	bytes  int64         // compressed bytes fetched
+	store  string        // the store it came from, for metrics
 }
 
 // unpackLayer fetches layer d from st into a new parentless active snapshot
@@ -84,7 +85,7 @@ func unpackLayer(ctx context.Context, sn snapshots.Snapshotter, st *store.Store,
 	if counted.n != info.Size {
 		return nil, fmt.Errorf("layer %s: read %d of %d bytes: %w", d, counted.n, info.Size, store.ErrSizeMismatch)
 	}
-	s := &staged{key: key, diffID: digest.NewDigest(digest.SHA256, h), bytes: counted.n}
+	s := &staged{key: key, diffID: digest.NewDigest(digest.SHA256, h), bytes: counted.n, store: st.URL()}
 	unpackSeconds.Observe(time.Since(start).Seconds())
 	log.G(ctx).WithField("layer", d).WithField("bytes", s.bytes).WithField("took", time.Since(start)).Debug("layer unpacked from s3")
 	return s, nil

@@ -34,7 +34,12 @@ func BenchmarkSnapshotterRealistic(b *testing.B) {
 	var times []time.Duration
 	for i := 0; b.Loop(); i++ {
 		root := b.TempDir()
-		sn, err := snapshotter.New(context.Background(), root, func(h string) (*store.Store, bool) { return st, h == host },
+		sn, err := snapshotter.New(context.Background(), root, func(h string) []*store.Store {
+			if h != host {
+				return nil
+			}
+			return []*store.Store{st}
+		},
 			snapshotter.WithUnpackJobs(envInt("S3SNAP_BENCH_UNPACK_JOBS", 2)))
 		if err != nil {
 			b.Fatal(err)
