@@ -76,6 +76,8 @@ install_debs() {
   command -v runc >/dev/null || missing+=(runc)
   command -v fusermount3 >/dev/null || missing+=(fuse3)
   command -v curl >/dev/null || missing+=(curl)
+  # systemd-analyze verifies the unit files s3snap install writes.
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
   [[ ${#missing[@]} -eq 0 ]] && return 0
   [[ $(id -u) -eq 0 ]] || die "need root to apt-get install ${missing[*]}"
   log "apt-get install ${missing[*]}"

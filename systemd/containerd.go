@@ -43,8 +43,8 @@ type merged struct {
 // mergeContainerd returns containerd config cur with s3snap's settings set
 // and everything else kept: the proxy plugin (with exports.root for
 // kubelet's image GC and enable_remote_snapshot_annotations for the
-// transfer service), the CRI image service's snapshotter and snapshot
-// annotations, config_path for hosts.toml, and for containerd 2.1+ the
+// transfer service), the CRI image service's snapshotter (and, for
+// containerd 1.7, its snapshot annotations), config_path for hosts.toml, and for containerd 2.1+ the
 // transfer service's unpack_config (overlayfs kept, s3snap added). The
 // output is canonical TOML, so merging it again gives the same bytes.
 func mergeContainerd(cur []byte, o mergeOptions) (*merged, error) {
@@ -92,7 +92,18 @@ func mergeContainerd(cur []byte, o mergeOptions) (*merged, error) {
 		res.warnings = append(res.warnings, fmt.Sprintf("CRI snapshotter was %q; s3snap replaces it (layers s3snap cannot serve are unpacked by containerd as usual)", s))
 	}
 	cri["snapshotter"] = agent.PluginName
-	cri["disable_snapshot_annotations"] = false
+	// containerd 1.7's CRI, and 2.x's in its local pull mode, pass layer
+	// labels to snapshotters only with this. Otherwise 2.x's CRI pulls
+	// through the transfer service, which passes them for the proxy
+	// plugin's enable_remote_snapshot_annotations; setting this there
+	// would push the CRI back to its local pull mode.
+	local, why := CRILocalPull(cri)
+	if ver == 2 || local {
+		cri["disable_snapshot_annotations"] = false
+	}
+	if ver >= 3 && local {
+		res.warnings = append(res.warnings, "the CRI pulls in its local mode ("+why+"): snapshot annotations enabled for it")
+	}
 	res.hostsDir = setConfigPath(reg, o.hostsDir)
 
 	if transfer {
@@ -280,4 +291,30 @@ func containerdVersion(ctx context.Context, o Options) (string, error) {
 		}
 	}
 	return "", nil
+}
+
+// CRILocalPull reports whether containerd 2.x's CRI image service, with
+// settings images (its plugins."io.containerd.cri.v1.images" table), pulls
+// in its local mode rather than through the transfer service, and why:
+// containerd falls back to it when a setting the transfer service lacks is
+// used.
+func CRILocalPull(images map[string]any) (bool, string) {
+	if v, _ := images["use_local_image_pull"].(bool); v {
+		return true, "use_local_image_pull = true"
+	}
+	for _, k := range []string{"discard_unpacked_layers", "image_pull_with_sync_fs"} {
+		if v, _ := images[k].(bool); v {
+			return true, k + " = true"
+		}
+	}
+	if v, ok := images["max_concurrent_downloads"].(int64); ok && v != 3 {
+		return true, fmt.Sprintf("max_concurrent_downloads = %d", v)
+	}
+	reg, _ := images["registry"].(map[string]any)
+	for _, k := range []string{"mirrors", "configs", "auths"} {
+		if m, _ := reg[k].(map[string]any); len(m) > 0 {
+			return true, "registry." + k + " is set"
+		}
+	}
+	return false, ""
 }

@@ -87,12 +87,19 @@ func TestMergeContainerd(t *testing.T) {
 			name: "2.x", in: fixture(t, "containerd-2.x.toml"), ctr: "2.4.2", wantVer: 3, wantHosts: "/etc/containerd/certs.d",
 			check: map[string]any{
 				"plugins|io.containerd.cri.v1.images|snapshotter":                  "s3snap",
-				"plugins|io.containerd.cri.v1.images|disable_snapshot_annotations": false,
+				"plugins|io.containerd.cri.v1.images|disable_snapshot_annotations": false, // discard_unpacked_layers: local pull mode
 				"plugins|io.containerd.cri.v1.images|discard_unpacked_layers":      true,
 				"plugins|io.containerd.cri.v1.images|pinned_images|sandbox":        "localhost/kubernetes/pause",
 				"plugins|io.containerd.cri.v1.images|registry|config_path":         "/etc/containerd/certs.d",
 				"plugins|io.containerd.transfer.v1.local|max_concurrent_downloads": int64(3),
 				"proxy_plugins|s3snap|exports|enable_remote_snapshot_annotations":  "true",
+			},
+		},
+		{
+			name: "2.x pulling through the transfer service", in: []byte("version = 3\n"), ctr: "2.4.2", wantVer: 3, wantHosts: "/etc/containerd/certs.d",
+			check: map[string]any{
+				"plugins|io.containerd.cri.v1.images|snapshotter":                  "s3snap",
+				"plugins|io.containerd.cri.v1.images|disable_snapshot_annotations": nil, // would force local pull mode
 			},
 		},
 		{name: "no config, containerd unknown", in: nil, wantVer: 3, wantHosts: "/etc/containerd/certs.d"},
