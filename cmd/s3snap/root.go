@@ -117,7 +117,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	f.StringVarP(&g.output, "output", "o", outputText, "output format: text or json")
 	f.StringVar(&g.logLevel, "log-level", "warn", "log level on stderr: trace, debug, info, warn, error")
 
-	root.AddCommand(newVersionCmd(g), newLsCmd(g), newInspectCmd(g), newPushCmd(g), newAgentCmd(g), newMigrateCmd(g), newVerifyCmd(g), newInstallCmd(g))
+	root.AddCommand(newVersionCmd(g), newLsCmd(g), newInspectCmd(g), newPushCmd(g), newAgentCmd(g), newMigrateCmd(g), newVerifyCmd(g), newInstallCmd(g), newDoctorCmd(g))
 	return root
 }
 
