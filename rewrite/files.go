@@ -1,6 +1,7 @@
 package rewrite
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io/fs"
@@ -9,7 +10,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/aymanbagabas/go-udiff"
 	"github.com/containerd/log"
 )
 
@@ -111,13 +111,82 @@ func writeAtomic(path string, b []byte) error {
 }
 
 // Diff is the unified diff from the old bytes to the new, "" if none.
+// Edits never add or remove a line break, so line i of the old file is
+// line i of the new one and the hunks are the runs of changed lines with
+// three lines of context.
 func (r *Result) Diff() string {
 	if r.Status != StatusChanged {
 		return ""
 	}
-	a, b := filepath.ToSlash(r.Path), filepath.ToSlash(r.Path)
-	if !filepath.IsAbs(r.Path) { // git's labels, for patch -p1
-		a, b = "a/"+a, "b/"+b
+	a, b := splitLines(r.Old), splitLines(r.New)
+	if len(a) != len(b) {
+		return "" // cannot happen: see above
 	}
-	return udiff.Unified(a, b, string(r.Old), string(r.New))
+	name := filepath.ToSlash(r.Path)
+	var out strings.Builder
+	if filepath.IsAbs(r.Path) {
+		fmt.Fprintf(&out, "--- %s\n+++ %s\n", name, name)
+	} else { // git's labels, for patch -p1
+		fmt.Fprintf(&out, "--- a/%s\n+++ b/%s\n", name, name)
+	}
+	const context = 3
+	for i := 0; i < len(a); {
+		if a[i] == b[i] {
+			i++
+			continue
+		}
+		// A hunk: from context lines before the first change to context
+		// lines after the last change that is no further than 2*context
+		// unchanged lines from the one before.
+		first, last := i, i
+		for j := i + 1; j < len(a) && j <= last+2*context+1; j++ {
+			if a[j] != b[j] {
+				last = j
+			}
+		}
+		lo, hi := max(first-context, 0), min(last+context+1, len(a))
+		fmt.Fprintf(&out, "@@ -%d,%d +%d,%d @@\n", lo+1, hi-lo, lo+1, hi-lo)
+		for k := lo; k < hi; {
+			if a[k] == b[k] {
+				writeLine(&out, ' ', a[k])
+				k++
+				continue
+			}
+			end := k
+			for end < hi && a[end] != b[end] {
+				end++
+			}
+			for _, l := range a[k:end] {
+				writeLine(&out, '-', l)
+			}
+			for _, l := range b[k:end] {
+				writeLine(&out, '+', l)
+			}
+			k = end
+		}
+		i = hi
+	}
+	return out.String()
+}
+
+// splitLines splits b after each newline; the last line may lack one.
+func splitLines(b []byte) []string {
+	var lines []string
+	for len(b) > 0 {
+		n := bytes.IndexByte(b, '\n') + 1
+		if n == 0 {
+			n = len(b)
+		}
+		lines = append(lines, string(b[:n]))
+		b = b[n:]
+	}
+	return lines
+}
+
+func writeLine(w *strings.Builder, prefix byte, l string) {
+	w.WriteByte(prefix)
+	w.WriteString(l)
+	if !strings.HasSuffix(l, "\n") {
+		w.WriteString("\n\\ No newline at end of file\n")
+	}
 }

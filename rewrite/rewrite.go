@@ -150,6 +150,9 @@ func (rw *Rewriter) Rewrite(name string, b []byte) *Result {
 	res := &Result{Path: name, Old: b, New: b, Status: StatusUnchanged}
 	skip := func(reason string) *Result {
 		res.Status, res.Reason = StatusSkipped, reason
+		if bytes.Contains(bytes.ToLower(b), []byte(strings.ToLower(rw.from.Host))) {
+			res.Reason += "; it mentions " + rw.from.Host + ": check it by hand"
+		}
 		return res
 	}
 	if !utf8.Valid(b) || bytes.IndexByte(b, 0) >= 0 {

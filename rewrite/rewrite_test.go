@@ -232,3 +232,33 @@ func TestFileWrite(t *testing.T) {
 		t.Errorf("diff:\n%s", res.Diff())
 	}
 }
+
+// TestDiff: hunks with three lines of context, merged when close, and a
+// last line without a newline marked as diff -u does.
+func TestDiff(t *testing.T) {
+	in := "a: 1\nimage: " + ecr + "/x:1\nimage: " + ecr + "/y:1\nb: 2\nc: 3\nd: 4\ne: 5\nf: 6\ng: 7\nh: 8\nk: 9\nimage: " + ecr + "/z:1"
+	res := newRewriter(t).Rewrite("f.yaml", []byte(in))
+	want := `--- a/f.yaml
++++ b/f.yaml
+@@ -1,6 +1,6 @@
+ a: 1
+-image: ` + ecr + `/x:1
+-image: ` + ecr + `/y:1
++image: ` + mirror + `/x:1
++image: ` + mirror + `/y:1
+ b: 2
+ c: 3
+ d: 4
+@@ -9,4 +9,4 @@
+ g: 7
+ h: 8
+ k: 9
+-image: ` + ecr + `/z:1
+\ No newline at end of file
++image: ` + mirror + `/z:1
+\ No newline at end of file
+`
+	if got := res.Diff(); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}

@@ -97,7 +97,7 @@ func (s *source) span(n *yaml.Node) (start, end int, quote byte, err error) {
 		raw = string(quote) + raw + string(quote)
 	}
 	if strings.ContainsAny(n.Value, "\\\"'") || strings.Contains(raw, "\n") || !bytes.HasPrefix(s.b[off:], []byte(raw)) {
-		return 0, 0, 0, fmt.Errorf("%q is not written on one line as is: %w", n.Value, errNotInPlace)
+		return 0, 0, 0, fmt.Errorf("written with escapes or over several lines: %w", errNotInPlace)
 	}
 	return off, off + len(raw), quote, nil
 }

@@ -118,6 +118,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	f.StringVar(&g.logLevel, "log-level", "warn", "log level on stderr: trace, debug, info, warn, error")
 
 	root.AddCommand(newVersionCmd(g), newLsCmd(g), newInspectCmd(g), newPushCmd(g), newAgentCmd(g), newMigrateCmd(g), newVerifyCmd(g), newInstallCmd(g), newDoctorCmd(g))
+	root.AddCommand(newRewriteCmd(g))
 	return root
 }
 
