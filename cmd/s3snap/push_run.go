@@ -101,7 +101,7 @@ func runPush(cmd *cobra.Command, g *globals, f *pushFlags, srcArg, dstArg string
 	}
 	for _, a := range also {
 		t := pushTarget{name: a.String(), repo: a.loc.Repository, tag: a.tag}
-		r, err := (&migrateFlags{insecure: f.insecure}).registry(a.loc.Host, "--dst-creds", f.dstCreds)
+		r, err := f.registry(a.loc.Host, "--dst-creds", f.dstCreds)
 		if err != nil {
 			return err
 		}
@@ -131,7 +131,10 @@ func runPush(cmd *cobra.Command, g *globals, f *pushFlags, srcArg, dstArg string
 	if err != nil {
 		return err
 	}
-	if len(failed) > 0 {
+	switch {
+	case len(failed) == len(targets):
+		return fmt.Errorf("push failed for every destination: %s", strings.Join(failed, "; "))
+	case len(failed) > 0:
 		return fmt.Errorf("push failed for %d of %d destinations (the others are complete): %s", len(failed), len(targets), strings.Join(failed, "; "))
 	}
 	return nil
@@ -151,7 +154,7 @@ func (f *pushFlags) openSource(ctx context.Context, g *globals, kind migrator.Ki
 		if l.Repository == "" {
 			return nil, nil, usagef("%s names no repository: want docker://HOST/REPO[:TAG|@DIGEST]", srcArg)
 		}
-		r, err := (&migrateFlags{insecure: f.insecure}).registry(l.Host, "--src-creds", f.srcCreds)
+		r, err := f.registry(l.Host, "--src-creds", f.srcCreds)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -169,6 +172,19 @@ func (f *pushFlags) openSource(ctx context.Context, g *globals, kind migrator.Ki
 		return nil, nil, err
 	}
 	return a, func() { a.Close() }, nil
+}
+
+// registry opens the registry at host with creds (flag names them).
+func (f *pushFlags) registry(host, flag, creds string) (*migrator.Registry, error) {
+	auth, err := basicAuth(flag, creds)
+	if err != nil {
+		return nil, err
+	}
+	opts := []migrator.RegistryOption{migrator.WithInsecure(f.insecure)}
+	if auth != nil {
+		opts = append(opts, migrator.WithAuth(auth))
+	}
+	return migrator.NewRegistry(host, opts...)
 }
 
 // pushAll copies plan into every target at once and returns one result
