@@ -88,6 +88,8 @@ type Report struct {
 	Finished    time.Time `json:"finished"`
 	Summary     Summary   `json:"summary"`
 	Entries     []Entry   `json:"entries"`
+	// Inventory is a dry run's inventory and estimate.
+	Inventory *Inventory `json:"inventory,omitempty"`
 }
 
 // Failed reports whether any entry failed.

@@ -44,6 +44,9 @@ type runOptions struct {
 	rename    func(string) string
 	done      func(Entry)
 	stats     *Stats
+	bandwidth *Bandwidth
+	prices    Prices
+	partSize  int64
 }
 
 // RunOption configures Migrate and Verify.
@@ -88,7 +91,8 @@ func WithEntries(fn func(Entry)) RunOption { return func(o *runOptions) { o.done
 func WithStats(s *Stats) RunOption { return func(o *runOptions) { o.stats = s } }
 
 func newRunOptions(opts []RunOption) runOptions {
-	o := runOptions{imageJobs: DefaultImageJobs, blobJobs: DefaultBlobJobs, keepGoing: true, stats: &Stats{}}
+	o := runOptions{imageJobs: DefaultImageJobs, blobJobs: DefaultBlobJobs, keepGoing: true, stats: &Stats{},
+		prices: DefaultPrices, partSize: DefaultPartSize}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -105,13 +109,23 @@ func newRunOptions(opts []RunOption) runOptions {
 // failed image does not stop the others (unless WithKeepGoing(false)); the
 // report says what happened to each. The error is for a run that could not
 // start: the source could not be listed.
+//
+// A dry run (WithDryRun) writes nothing: it reads every manifest, asks the
+// destination which blobs it has, and adds the Inventory to the report.
 func Migrate(ctx context.Context, src Catalog, dst Target, opts ...RunOption) (*Report, error) {
 	o := newRunOptions(opts)
 	rep, items, err := start(ctx, "migrate", src, dst, &o)
 	if err != nil {
 		return nil, err
 	}
-	m := &migration{src: src, dst: &gatedTarget{Target: dst, sem: make(chan struct{}, o.blobJobs), stats: o.stats}, o: &o}
+	out := dst
+	if o.bandwidth != nil {
+		out = o.bandwidth.Target(out)
+	}
+	m := &migration{src: src, dst: &gatedTarget{Target: out, sem: make(chan struct{}, o.blobJobs), stats: o.stats}, o: &o}
+	if o.dryRun {
+		m.inv = &inventory{}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Tags before untagged manifests: an untagged child of an index copied
@@ -133,6 +147,9 @@ func Migrate(ctx context.Context, src Catalog, dst Target, opts ...RunOption) (*
 		})
 	}
 	rep.finish()
+	if m.inv != nil {
+		rep.Inventory = m.inv.finish(ctx, rep, dst, &o)
+	}
 	return rep, nil
 }
 
@@ -242,6 +259,7 @@ type migration struct {
 	src Catalog
 	dst Target
 	o   *runOptions
+	inv *inventory // dry runs only
 }
 
 // one migrates one item and says how it went.
@@ -254,14 +272,18 @@ func (m *migration) one(ctx context.Context, it Item) (e Entry) {
 	fail := func(err error) Entry {
 		e.Status, e.Reason = StatusFailed, err.Error()
 		log.G(ctx).WithError(err).WithField("image", it.Key()).Warn("image failed")
+		if m.inv != nil {
+			m.inv.add(InventoryImage{Repository: it.Repository, Tag: it.Tag, Digest: e.SourceDigest, PushedAt: it.PushedAt,
+				Status: StatusFailed, Reason: e.Reason}, repo, it.Tag != "", nil)
+		}
 		return e
 	}
 	if ctx.Err() != nil {
 		return fail(fmt.Errorf("not attempted: %w", context.Cause(ctx)))
 	}
 	// The listing gave the digest: if the destination has it, nothing to
-	// read at all.
-	if it.Digest != "" && len(m.o.platforms) == 0 {
+	// read at all (a dry run reads the manifests anyway, for the sizes).
+	if it.Digest != "" && len(m.o.platforms) == 0 && m.inv == nil {
 		if ok := m.unchanged(ctx, repo, it.Tag, it.Digest); ok {
 			e.Status, e.DestinationDigest = StatusUnchanged, it.Digest
 			return e
@@ -287,10 +309,15 @@ func (m *migration) one(ctx context.Context, it Item) (e Entry) {
 	}
 	if m.unchanged(ctx, repo, it.Tag, plan.Root.Digest) {
 		e.Status, e.DestinationDigest = StatusUnchanged, plan.Root.Digest
-		return e
-	}
-	if m.o.dryRun {
+	} else if m.o.dryRun {
 		e.Status = StatusPlanned
+	}
+	if m.inv != nil {
+		img := imageOf(ctx, src, it, plan)
+		img.Status = e.Status
+		m.inv.add(img, repo, it.Tag != "", plan)
+	}
+	if e.Status != "" {
 		return e
 	}
 	m.o.stats.BytesTotal.Add(plan.Size())

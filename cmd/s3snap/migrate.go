@@ -47,14 +47,36 @@ and are renewed before they expire and on any 401. Other registries use
 One failed image never stops the others; the exit code is 1 if any failed.
 Progress goes to stderr (a bar on a terminal, one line per image otherwise),
 the summary to stdout (-o json: the whole report), and --report FILE writes
-the JSON report: per tag, source digest, destination digest, status, reason.`
+the JSON report: per tag, source digest, destination digest, status, reason.
+
+--dry-run writes nothing anywhere. It reads every manifest and asks the
+destination which blobs it already has, then prints the inventory a budget
+owner needs: per image its repository, tag (or digest), platforms, size
+(manifests, configs and layers; an index with every child kept) and push
+time (ECR); then the bytes as listed, after deduplication (each blob once
+across the run), already in the destination, and to transfer (the rest:
+what a real run moves), with an estimate of the transfer, S3 PUT request
+(multipart parts included) and monthly S3 Standard storage cost. The
+assumed prices are AWS us-east-1 list prices (2025): $0.09/GB data transfer
+out to the internet (first 10 TB; ECR to S3 in one region is free, across
+regions $0.02), $0.005 per 1,000 PUT requests, $0.023/GB-month S3 Standard
+(first 50 TB), with GB = 2^30 bytes; override them with --price-transfer-gb,
+--price-put-1000 and --price-storage-gb-month. -o json writes one document:
+images[], totals, prices.
+
+` + limitsHelp
 
 const migrateExample = `  # A whole ECR registry into a bucket, then prove it
   s3snap migrate ecr://123456789012.dkr.ecr.us-east-1.amazonaws.com s3://my-images --report migrate.json
   s3snap verify  ecr://123456789012.dkr.ecr.us-east-1.amazonaws.com s3://my-images
 
-  # What would be copied, without copying
+  # What would be copied, and what it would cost, without copying
   s3snap migrate --dry-run --repo '^team/' --tag '^v' ecr://123456789012.dkr.ecr.us-east-1.amazonaws.com s3://my-images
+  # ... as JSON, for ECR to S3 in one region (no transfer charge)
+  s3snap migrate --dry-run -o json --price-transfer-gb 0 ecr://123456789012.dkr.ecr.us-east-1.amazonaws.com s3://my-images
+
+  # A big move that leaves room for others: 50 MiB/s, 20 requests/s per registry host
+  s3snap migrate --max-bandwidth 50MiB --max-requests 20 docker://registry.example.com/team/app s3://my-images
 
   # Keep syncing every 5 minutes during the cutover window
   s3snap migrate --watch 5m ecr://123456789012.dkr.ecr.us-east-1.amazonaws.com s3://my-images
@@ -69,6 +91,7 @@ const migrateExample = `  # A whole ECR registry into a bucket, then prove it
 func newMigrateCmd(g *globals) *cobra.Command {
 	var (
 		f      migrateFlags
+		prices priceFlags
 		dryRun bool
 		keep   bool
 		watch  time.Duration
@@ -84,11 +107,16 @@ func newMigrateCmd(g *globals) *cobra.Command {
 			if watch < 0 || (watch > 0 && dryRun) {
 				return usagef("--watch wants a positive interval and no --dry-run")
 			}
+			priceOpts, err := prices.options(cmd, dryRun)
+			if err != nil {
+				return err
+			}
 			src, dst, opts, err := f.open(ctx, g, args[0], args[1])
 			if err != nil {
 				return err
 			}
 			opts = append(opts, migrator.WithDryRun(dryRun), migrator.WithKeepGoing(keep))
+			opts = append(opts, priceOpts...)
 			for pass := 1; ; pass++ {
 				rep, err := runPass(ctx, g, &f, "migrate", opts, func(o ...migrator.RunOption) (*migrator.Report, error) {
 					return migrator.Migrate(ctx, src, dst, o...)
@@ -112,6 +140,7 @@ func newMigrateCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan (images, bytes, what is already there) and copy nothing")
 	cmd.Flags().BoolVar(&keep, "keep-going", true, "go on after an image fails (--keep-going=false stops at the first failure)")
 	cmd.Flags().DurationVar(&watch, "watch", 0, "after a pass, wait this long and sync again, until interrupted (e.g. 5m)")
+	prices.register(cmd)
 	return cmd
 }
 
@@ -131,6 +160,9 @@ func runPass(ctx context.Context, g *globals, f *migrateFlags, verb string, opts
 		}
 	}
 	if g.json() {
+		if rep.Inventory != nil {
+			return rep, writeJSON(g.stdout, rep.Inventory)
+		}
 		return rep, writeJSON(g.stdout, rep)
 	}
 	return rep, printSummary(g.stdout, rep)
@@ -165,6 +197,9 @@ func writeReport(path string, rep *migrator.Report) error {
 
 // printSummary prints the end-of-run summary and every failure.
 func printSummary(w io.Writer, rep *migrator.Report) error {
+	if rep.Inventory != nil {
+		return printInventory(w, rep)
+	}
 	s := rep.Summary
 	tw := newTable(w)
 	fmt.Fprintf(tw, "%s:\t%s -> %s\n", rep.Command, rep.Source, rep.Destination)

@@ -37,6 +37,9 @@ type migrateFlags struct {
 	ecrCreate, ecrImmutable bool
 	ecrScanOnPush           bool
 	reportPath              string
+
+	limits  limitFlags
+	reqRate *migrator.RequestRate // from --max-requests, set by runOptions
 }
 
 func (f *migrateFlags) register(cmd *cobra.Command, forMigrate bool) {
@@ -63,6 +66,7 @@ func (f *migrateFlags) register(cmd *cobra.Command, forMigrate bool) {
 		fl.BoolVar(&f.ecrCreate, "ecr-create", false, "create missing repositories in an ecr:// destination")
 		fl.BoolVar(&f.ecrImmutable, "ecr-tag-immutable", false, "with --ecr-create: make new repositories' tags immutable")
 		fl.BoolVar(&f.ecrScanOnPush, "ecr-scan-on-push", false, "with --ecr-create: turn on scan on push for new repositories")
+		f.limits.register(fl)
 	} else {
 		f.jobs = migrator.DefaultBlobJobs
 	}
@@ -107,6 +111,14 @@ func (f *migrateFlags) runOptions(now time.Time) ([]migrator.RunOption, error) {
 	if f.images < 1 || f.jobs < 1 {
 		return nil, usagef("--images and --jobs must be at least 1")
 	}
+	bw, rr, err := f.limits.parse()
+	if err != nil {
+		return nil, err
+	}
+	if bw != nil {
+		opts = append(opts, migrator.WithBandwidth(bw))
+	}
+	f.reqRate = rr
 	return opts, nil
 }
 
@@ -148,7 +160,7 @@ func (f *migrateFlags) registry(host, flag, creds string) (*migrator.Registry, e
 	if err != nil {
 		return nil, err
 	}
-	opts := []migrator.RegistryOption{migrator.WithInsecure(f.insecure)}
+	opts := []migrator.RegistryOption{migrator.WithInsecure(f.insecure), migrator.WithRequestRate(f.reqRate)}
 	if auth != nil {
 		opts = append(opts, migrator.WithAuth(auth))
 	}
@@ -168,7 +180,7 @@ func (f *migrateFlags) ecr(ctx context.Context, g *globals, host, profile, role 
 	if err != nil {
 		return nil, err
 	}
-	opts := append([]migrator.ECROption{migrator.WithECRRegistryOptions(migrator.WithInsecure(f.insecure))}, extra...)
+	opts := append([]migrator.ECROption{migrator.WithECRRegistryOptions(migrator.WithInsecure(f.insecure), migrator.WithRequestRate(f.reqRate))}, extra...)
 	return migrator.NewECR(ctx, api, host, opts...)
 }
 
