@@ -461,3 +461,55 @@ func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
 }
+
+// TestPushThroughAgent: what CI pushes (an older docker save, whose layers
+// push gzips, and a buildx OCI tar of a multi-arch index), into the bucket and
+// with --also into the registry a node maps, is pulled by containerd through
+// the agent with every layer from S3 and no blob from the registry, and runs
+// with every file intact.
+func TestPushThroughAgent(t *testing.T) {
+	p := newPullEnv(t, false)
+	c := newPushCLI(t, p.e)
+	dir := t.TempDir()
+
+	legacyImg := newSaveImage(t, 7)
+	legacyTar := filepath.Join(dir, "legacy.tar")
+	legacyImg.legacy(t, legacyTar)
+	multiImg := newSaveImage(t, 8)
+	ociTar := filepath.Join(dir, "oci.tar")
+	other := testenv.NewImage(t, ocispec.Platform{OS: "linux", Architecture: otherArch()}, []testenv.File{{Name: "x", Data: []byte("other")}})
+	ociIndexTar(t, ociTar, multiImg.im, other)
+
+	for _, tc := range []struct {
+		name, tar, repo string
+		img             *saveImage
+		// layers the snapshotter fetches: the legacy image lists its last
+		// layer twice (two snapshots); the second image's first layer
+		// (/hello) has the same diff ID, so the same snapshot, as the
+		// first's.
+		layers float64
+	}{
+		{"legacy docker save", legacyTar, "team/legacy", legacyImg, 4},
+		{"buildx OCI tar", ociTar, "team/multi", multiImg, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ref := p.upstream + "/" + tc.repo + ":v1"
+			res := decodeJSON[pushDocJSON](t, "push", c.ok(t, "push", "-o", "json", "--prefix", "ecr", "--also", "docker://"+ref, tc.tar, "s3://"+p.bucket+"/ecr/"+tc.repo+":v1"))
+			if len(res.Destinations) != 2 || res.Destinations[0].Digest != res.Destinations[1].Digest || res.Destinations[1].Status != "ok" {
+				t.Fatalf("push = %+v", res.Destinations)
+			}
+			if got := craneDigest(t, ref); got != res.Digest {
+				t.Errorf("registry has %s at %q, the bucket %s", ref, got, res.Digest)
+			}
+			before := p.provided(t)
+			p.pull(t, ref)
+			if n := p.provided(t) - before; n != tc.layers {
+				t.Errorf("the snapshotter provided %v layers from S3, want %v", n, tc.layers)
+			}
+			if n := registryRequests(t, p.reg, "/v2/"+tc.repo+"/blobs/"); n != 0 {
+				t.Errorf("containerd downloaded %d blobs from the registry, want 0", n)
+			}
+			p.run(t, ref, strings.ReplaceAll(tc.repo, "/", "-"), tc.img.files)
+		})
+	}
+}
