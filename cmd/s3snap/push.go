@@ -172,11 +172,8 @@ func usageIfScheme(src string, err error) error {
 	return err
 }
 
-// check validates what can be checked before touching anything.
+// check validates the flags that depend on SRC's kind.
 func (f *pushFlags) check(kind migrator.Kind) error {
-	if f.jobs < 1 {
-		return usagef("--jobs %d: want at least 1", f.jobs)
-	}
 	if kind == migrator.KindRegistry && f.ref != "" {
 		return usagef("--ref selects an image in a layout or tar; a docker:// SRC names its own tag or digest")
 	}

@@ -56,9 +56,17 @@ func runPush(cmd *cobra.Command, g *globals, f *pushFlags, srcArg, dstArg string
 	if u.Tag == "" && u.Digest == "" {
 		return usagef("%s names no tag: want s3://BUCKET[/PREFIX]/REPOSITORY:TAG (or @sha256:DIGEST to push untagged)", u)
 	}
+	if f.jobs < 1 {
+		return usagef("--jobs %d: want at least 1", f.jobs)
+	}
 	also, err := parseAlso(f.also, u.Tag)
 	if err != nil {
 		return err
+	}
+	for flag, creds := range map[string]string{"--src-creds": f.srcCreds, "--dst-creds": f.dstCreds} {
+		if _, err := basicAuth(flag, creds); err != nil {
+			return err
+		}
 	}
 	kind, err := migrator.DetectKind(srcArg)
 	if err != nil {
