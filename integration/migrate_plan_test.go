@@ -6,10 +6,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/s3snap/s3snap/integration/ecrfake"
 	"github.com/s3snap/s3snap/integration/testenv"
 	"github.com/s3snap/s3snap/migrator"
 )
@@ -245,4 +247,30 @@ func platformName(p ocispec.Platform) string {
 		s += "/" + p.Variant
 	}
 	return s
+}
+
+// TestMigrateDryRunECR: from ECR the inventory has each image's push time
+// (DescribeImages' imagePushedAt) and untagged images by digest.
+func TestMigrateDryRunECR(t *testing.T) {
+	e := testenv.S3(t)
+	fake := ecrfake.Start(t, ecrfake.Options{})
+	push := regPusher{addr: fake.Registry.Addr, auth: basic("AWS", fake.Token())}
+	tagged := opaqueImage(t, randomLayers(71, 2, 64<<10))
+	untagged := opaqueImage(t, randomLayers(72, 1, 64<<10))
+	push.image(t, "team/app", "v1", tagged)
+	push.image(t, "team/app", "", untagged)
+	when := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+	fake.SetPushedAt("team/app", tagged.Digest.String(), when)
+	cli := newMigrateCLI(t, e)
+
+	inv := dryRun(t, cli, "--ecr-endpoint="+fake.Endpoint(), fake.URL(), "s3://"+e.NewBucket(t))
+	if len(inv.Images) != 2 || inv.Totals.Tags != 1 || inv.Totals.Untagged != 1 {
+		t.Fatalf("images %+v: want the tag and the untagged image", inv.Images)
+	}
+	if im := inv.Images[0]; im.Tag != "v1" || !im.PushedAt.Equal(when) || im.Digest != tagged.Digest {
+		t.Errorf("tagged: %+v, want v1 pushed at %s", im, when)
+	}
+	if im := inv.Images[1]; im.Tag != "" || im.Digest != untagged.Digest || im.PushedAt.IsZero() {
+		t.Errorf("untagged: %+v, want its digest and a push time", im)
+	}
 }
