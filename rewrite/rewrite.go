@@ -27,6 +27,10 @@ const (
 	StatusSkipped   Status = "skipped"   // not YAML that parses: left byte for byte
 )
 
+// ReasonNoImages is the Reason of a file skipped because it is YAML with no
+// image field at all: not a manifest, Helm values or kustomization.
+const ReasonNoImages = "no image fields"
+
 // Change is one rewritten reference.
 type Change struct {
 	Line  int    `json:"line"`
@@ -174,6 +178,9 @@ func (rw *Rewriter) Rewrite(name string, b []byte) *Result {
 	}
 	if !structured && len(docs) > 0 {
 		return skip("not a YAML mapping or sequence")
+	}
+	if !w.found {
+		return skip(ReasonNoImages)
 	}
 	res.Changes, res.Warnings = w.changes, w.warns
 	if len(w.edits) == 0 {

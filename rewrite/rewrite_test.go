@@ -44,7 +44,7 @@ var fixtures = []struct {
 	{"multi-doc.yaml", StatusChanged, 3, 1}, // the escaped scalar is left, with a warning
 	{"flow.yaml", StatusChanged, 3, 0},
 	{"crlf.yaml", StatusChanged, 1, 0},
-	{"config.yaml", StatusUnchanged, 0, 0},
+	{"config.yaml", StatusSkipped, 0, 0}, // YAML of another kind
 	{"chart/templates/deployment.yaml", StatusSkipped, 0, 0},
 	{"not-yaml.yml", StatusSkipped, 0, 0},
 }

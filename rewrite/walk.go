@@ -17,6 +17,7 @@ type walker struct {
 	changes []Change
 	warns   []Warning
 	seen    map[*yaml.Node]bool
+	found   bool // an image field of any registry
 }
 
 // doc walks one document.
@@ -179,6 +180,7 @@ func (w *walker) imageString(n *yaml.Node, field string) {
 	if !ok {
 		return
 	}
+	w.found = true
 	nr, why, ok := w.rw.target(old)
 	if !ok {
 		return
@@ -219,6 +221,7 @@ func (w *walker) helmImage(m *yaml.Node, field string) {
 	if !ok {
 		return
 	}
+	w.found = true
 	nr, why, ok := w.rw.target(old)
 	if !ok {
 		return
@@ -271,6 +274,7 @@ func (w *walker) kustomizeImage(m *yaml.Node, field string) {
 		if !ok || r.Tag != "" || r.Digest != "" {
 			continue
 		}
+		w.found = true
 		if nr, ok := w.rw.move(r); ok && nr.Name() != r.Name() {
 			as = append(as, assign{n, nr.Name()})
 			before, after = append(before, n.Value), append(after, nr.Name())

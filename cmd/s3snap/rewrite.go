@@ -223,7 +223,8 @@ func printRewrite(stdout, stderr io.Writer, o *rewriteOutput) {
 		switch {
 		case f.Error != "":
 			fmt.Fprintf(notes, "%s: error: %s\n", f.File, f.Error)
-		case f.Status == rewrite.StatusSkipped:
+		case f.Status == rewrite.StatusSkipped && f.Reason != rewrite.ReasonNoImages:
+			// Parse failures, and YAML with no image field that names --from
 			fmt.Fprintf(notes, "%s: skipped: %s\n", f.File, f.Reason)
 		}
 	}
