@@ -39,7 +39,7 @@ var fixtures = []struct {
 	{"cronjob.yaml", StatusChanged, 2, 0},
 	{"statefulset.yaml", StatusChanged, 1, 0},
 	{"pod-ephemeral.yaml", StatusChanged, 2, 0},
-	{"values.yaml", StatusChanged, 5, 0},
+	{"values.yaml", StatusChanged, 7, 0},
 	{"kustomization.yaml", StatusChanged, 3, 0},
 	{"multi-doc.yaml", StatusChanged, 3, 1}, // the escaped scalar is left, with a warning
 	{"flow.yaml", StatusChanged, 3, 0},

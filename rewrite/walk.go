@@ -50,7 +50,11 @@ func (w *walker) node(n *yaml.Node, path string) {
 	switch n.Kind {
 	case yaml.SequenceNode:
 		for i, c := range n.Content {
-			w.node(c, fmt.Sprintf("%s[%d]", path, i))
+			p := fmt.Sprintf("%s[%d]", path, i)
+			if c.Kind == yaml.MappingNode && isImageBlock("", c) {
+				w.helmImage(c, p)
+			}
+			w.node(c, p)
 		}
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {

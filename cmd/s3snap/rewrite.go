@@ -40,9 +40,12 @@ a warning. In a Helm block the digest goes into its digest field; in a
 kustomization newTag becomes digest.
 
 PATH is a file (any name) or a directory, walked for *.yaml and *.yml.
-Files that are not YAML, or do not parse (Helm templates with {{ }}), are
-left byte for byte and listed as skipped. Files are replaced atomically
-(a temporary file, then a rename), keeping their mode.
+Files that are not YAML, do not parse (Helm templates with {{ }}) or have
+no image field are left byte for byte and listed as skipped; the text
+output names those that mention the --from registry, to check by hand.
+Files are replaced atomically (a temporary file, then a rename), keeping
+their mode. A kustomization's name: is rewritten like the manifests it
+matches: run over a base and its overlays together.
 
 --dry-run prints a unified diff (patch -p1 applies it) and writes nothing;
 the exit code is 0 whether or not something would change. With -o json:

@@ -59,7 +59,7 @@ func TestRewriteDryRun(t *testing.T) {
 			t.Errorf("--dry-run changed %s", rel)
 		}
 	}
-	if !strings.Contains(diff, "+++ b/deployment.yaml") || !strings.Contains(errOut, "skipped") || !strings.Contains(errOut, "dry run, nothing written: would rewrite 25 references") {
+	if !strings.Contains(diff, "+++ b/deployment.yaml") || !strings.Contains(errOut, "skipped") || !strings.Contains(errOut, "dry run, nothing written: would rewrite 27 references") {
 		t.Fatalf("stdout:\n%s\nstderr:\n%s", diff, errOut)
 	}
 
