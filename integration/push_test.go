@@ -283,7 +283,7 @@ func TestPushArchives(t *testing.T) {
 
 	t.Run("Docker 25 save, also to a registry", func(t *testing.T) {
 		regRef := reg + "/" + repoPrefix + "/d25"
-		out, errOut, code := c.run(t, "push", "-o", "json", "--also", "docker://"+regRef, d25Tar, "s3://"+bucket+"/team/d25:v1")
+		out, errOut, code := c.run(t, "push", "-o", "json", "--ref", "app:v1", "--also", "docker://"+regRef, d25Tar, "s3://"+bucket+"/team/d25:v1")
 		if code != 0 {
 			t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
 		}

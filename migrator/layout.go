@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/opencontainers/go-digest"
@@ -70,7 +71,9 @@ func OpenLayout(dir, ref string) (*Layout, error) {
 	return l, nil
 }
 
-// selectRoot picks the entry named ref, or the first when ref is empty.
+// selectRoot picks the entry named ref (as written, or for a containerd
+// image name the same reference spelt otherwise), or the first when ref is
+// empty.
 func selectRoot(entries []ocispec.Descriptor, ref string) (ocispec.Descriptor, error) {
 	if len(entries) == 0 {
 		return ocispec.Descriptor{}, fmt.Errorf("index.json lists no manifest: %w", ErrRefNotFound)
@@ -78,11 +81,17 @@ func selectRoot(entries []ocispec.Descriptor, ref string) (ocispec.Descriptor, e
 	if ref == "" {
 		return entries[0], nil
 	}
+	want, _ := name.ParseReference(ref)
 	var names []string
 	for _, e := range entries {
 		for _, key := range []string{ocispec.AnnotationRefName, annotationContainerdName} {
 			if n := e.Annotations[key]; n != "" {
 				if n == ref {
+					return e, nil
+				}
+				// docker save (25+) records docker.io/library/app:v1,
+				// which users call app:v1.
+				if got, err := name.ParseReference(n); key == annotationContainerdName && err == nil && want != nil && got.Name() == want.Name() {
 					return e, nil
 				}
 				names = append(names, n)

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/s3snap/s3snap/store"
 )
@@ -325,5 +326,25 @@ func TestDockerArchive(t *testing.T) {
 		t.Errorf("flipped byte in a layer: %v; want a digest mismatch", err)
 	} else {
 		t.Logf("error: %v", err)
+	}
+}
+
+// TestSelectRootDockerNames: a Docker 25+ save names images
+// docker.io/library/app:v1 (containerd's annotation) and v1 (ref.name); users
+// say app:v1.
+func TestSelectRootDockerNames(t *testing.T) {
+	a := ocispec.Descriptor{Digest: digest.FromString("a"), Annotations: map[string]string{annotationContainerdName: "docker.io/library/app:v1", ocispec.AnnotationRefName: "v1"}}
+	b := ocispec.Descriptor{Digest: digest.FromString("b"), Annotations: map[string]string{annotationContainerdName: "registry.example.com/team/app:v2", ocispec.AnnotationRefName: "v2"}}
+	for ref, want := range map[string]digest.Digest{
+		"app:v1": a.Digest, "library/app:v1": a.Digest, "docker.io/library/app:v1": a.Digest, "v2": b.Digest,
+		"registry.example.com/team/app:v2": b.Digest, "app:v2": "", "team/app:v2": "",
+	} {
+		got, err := selectRoot([]ocispec.Descriptor{a, b}, ref)
+		switch {
+		case want == "" && !errors.Is(err, ErrRefNotFound):
+			t.Errorf("%s: got %s, %v; want ErrRefNotFound", ref, got.Digest, err)
+		case want != "" && (err != nil || got.Digest != want):
+			t.Errorf("%s: got %s, %v; want %s", ref, got.Digest, err, want)
+		}
 	}
 }
