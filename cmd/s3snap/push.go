@@ -55,7 +55,9 @@ The store prefix is the one the bucket already has (found by looking for
 the bucket root), and the rest of the path is the repository.
 
 Progress goes to stderr, one line per blob; the summary to stdout (with -o
-json as a JSON document, one entry per destination).`
+json as a JSON document, one entry per destination).
+
+` + limitsHelp
 
 const pushExample = `  # CI: build once, push into the bucket and to ECR during the cutover
   docker buildx build --output type=oci,dest=app.tar .
@@ -82,6 +84,9 @@ type pushFlags struct {
 	srcCreds string
 	dstCreds string
 	insecure bool
+	limits   limitFlags
+	bw       *migrator.Bandwidth
+	rr       *migrator.RequestRate
 }
 
 func newPushCmd(g *globals) *cobra.Command {
@@ -104,6 +109,7 @@ func newPushCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.srcCreds, "src-creds", "", "USER:PASSWORD for a docker:// SRC (default: ~/.docker/config.json and credential helpers)")
 	fl.StringVar(&f.dstCreds, "dst-creds", "", "USER:PASSWORD for the --also registries (default: ~/.docker/config.json and credential helpers)")
 	fl.BoolVar(&f.insecure, "insecure", false, "allow plain-HTTP registries (loopback and private addresses always may)")
+	f.limits.register(fl)
 	return cmd
 }
 

@@ -59,6 +59,9 @@ func runPush(cmd *cobra.Command, g *globals, f *pushFlags, srcArg, dstArg string
 	if f.jobs < 1 {
 		return usagef("--jobs %d: want at least 1", f.jobs)
 	}
+	if f.bw, f.rr, err = f.limits.parse(); err != nil {
+		return err
+	}
 	also, err := parseAlso(f.also, u.Tag)
 	if err != nil {
 		return err
@@ -118,6 +121,15 @@ func runPush(cmd *cobra.Command, g *globals, f *pushFlags, srcArg, dstArg string
 	}
 	if len(targets) == 1 && targets[0].err != nil {
 		return targets[0].err
+	}
+	if f.bw != nil {
+		// One budget for the whole push: every destination's blob
+		// uploads share it.
+		for i, t := range targets {
+			if tg, ok := t.dst.(migrator.Target); ok {
+				targets[i].dst = f.bw.Target(tg)
+			}
+		}
 	}
 
 	doc.Destinations = pushAll(ctx, g, f, src, plan, srcArg, kind, targets)
@@ -189,6 +201,9 @@ func (f *pushFlags) registry(host, flag, creds string) (*migrator.Registry, erro
 		return nil, err
 	}
 	opts := []migrator.RegistryOption{migrator.WithInsecure(f.insecure)}
+	if f.rr != nil {
+		opts = append(opts, migrator.WithRequestRate(f.rr))
+	}
 	if auth != nil {
 		opts = append(opts, migrator.WithAuth(auth))
 	}
