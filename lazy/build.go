@@ -1,0 +1,274 @@
+package lazy
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+
+	"github.com/containerd/containerd/v2/pkg/archive/compression"
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+)
+
+type buildOptions struct {
+	chunkSize int64
+	jobs      int
+}
+
+// BuildOption configures Build.
+type BuildOption func(*buildOptions)
+
+// WithChunkSize sets the uncompressed chunk size (default 1 MiB, at most
+// MaxChunkSize).
+func WithChunkSize(n int64) BuildOption { return func(o *buildOptions) { o.chunkSize = n } }
+
+// WithJobs sets how many chunks are compressed at once (default: CPUs).
+func WithJobs(n int) BuildOption { return func(o *buildOptions) { o.jobs = n } }
+
+// Build reads a layer blob (a tar, gzip- or zstd-compressed or not) and
+// writes its index's data object to data, returning the TOC. layer is the
+// blob's digest, recorded in the TOC; the blob's bytes are not hashed here
+// (the caller reads it through a verifying reader, which fails at its end
+// on a mismatch: Build reads it to the end). The diff ID is computed.
+func Build(ctx context.Context, layer digest.Digest, blob io.Reader, data io.Writer, opts ...BuildOption) (*TOC, error) {
+	o := buildOptions{chunkSize: DefaultChunkSize, jobs: runtime.GOMAXPROCS(0)}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.chunkSize <= 0 || o.chunkSize > MaxChunkSize {
+		return nil, fmt.Errorf("chunk size %d: want 1 to %d bytes", o.chunkSize, MaxChunkSize)
+	}
+	ds, err := compression.DecompressStream(blob)
+	if err != nil {
+		return nil, fmt.Errorf("decompress layer %s: %w", layer, err)
+	}
+	defer ds.Close()
+	h := sha256.New()
+	tr := tar.NewReader(io.TeeReader(ds, h))
+	cw, err := newChunkWriter(ctx, data, o.chunkSize, o.jobs)
+	if err != nil {
+		return nil, err
+	}
+	defer cw.abort()
+	toc := &TOC{Version: Version, Layer: layer, ChunkSize: o.chunkSize}
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read layer %s: %w", layer, err)
+		}
+		e, err := entryOf(hdr)
+		if err != nil {
+			return nil, fmt.Errorf("layer %s: %w", layer, err)
+		}
+		if e == nil {
+			continue
+		}
+		if e.Type == TypeReg {
+			e.Offset = cw.written
+			n, err := io.Copy(cw, tr)
+			if err != nil {
+				return nil, fmt.Errorf("read layer %s: %s: %w", layer, hdr.Name, err)
+			}
+			e.Size = n
+		}
+		toc.Entries = append(toc.Entries, *e)
+	}
+	// The tar reader stops at the end-of-archive marker: hash the padding
+	// after it, and read the blob to its end so its reader verifies it.
+	if _, err := io.Copy(h, ds); err != nil {
+		return nil, fmt.Errorf("read layer %s: %w", layer, err)
+	}
+	if _, err := io.Copy(io.Discard, blob); err != nil {
+		return nil, fmt.Errorf("read layer %s: %w", layer, err)
+	}
+	if toc.Chunks, err = cw.close(); err != nil {
+		return nil, err
+	}
+	for _, c := range toc.Chunks {
+		toc.DataSize += c.Size
+	}
+	toc.DiffID = digest.NewDigest(digest.SHA256, h)
+	if err := toc.Validate(); err != nil {
+		return nil, fmt.Errorf("built an invalid toc: %w", err)
+	}
+	return toc, nil
+}
+
+// entryOf converts a tar header; nil means the entry carries nothing to
+// present (a PAX global header).
+func entryOf(hdr *tar.Header) (*Entry, error) {
+	name, err := CleanName(hdr.Name)
+	if err != nil {
+		return nil, err
+	}
+	e := &Entry{
+		Name:    name,
+		Mode:    uint32(hdr.Mode) & 07777,
+		UID:     hdr.Uid,
+		GID:     hdr.Gid,
+		ModTime: hdr.ModTime.UnixNano(),
+	}
+	switch hdr.Typeflag {
+	case tar.TypeReg, tar.TypeRegA: //lint:ignore SA1019 old archives still carry it
+		e.Type = TypeReg
+	case tar.TypeDir:
+		e.Type = TypeDir
+	case tar.TypeSymlink:
+		e.Type, e.Linkname = TypeSymlink, hdr.Linkname
+	case tar.TypeLink:
+		target, err := CleanName(hdr.Linkname)
+		if err != nil || target == "" {
+			return nil, fmt.Errorf("hard link %q to %q: %w", hdr.Name, hdr.Linkname, ErrUnsafePath)
+		}
+		e.Type, e.Linkname = TypeHardlink, target
+	case tar.TypeChar, tar.TypeBlock:
+		e.Type, e.DevMajor, e.DevMinor = TypeChar, hdr.Devmajor, hdr.Devminor
+		if hdr.Typeflag == tar.TypeBlock {
+			e.Type = TypeBlock
+		}
+	case tar.TypeFifo:
+		e.Type = TypeFifo
+	case tar.TypeXGlobalHeader:
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("entry %q: unsupported tar type %q", hdr.Name, hdr.Typeflag)
+	}
+	for k, v := range hdr.PAXRecords {
+		if x, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+			if e.Xattrs == nil {
+				e.Xattrs = map[string][]byte{}
+			}
+			e.Xattrs[x] = []byte(v)
+		}
+	}
+	return e, nil
+}
+
+// chunkWriter cuts what is written into chunks, compresses them on up to
+// jobs goroutines and writes the frames to w in order.
+type chunkWriter struct {
+	w       io.Writer
+	size    int64
+	enc     *zstd.Encoder
+	buf     []byte
+	written int64 // uncompressed bytes accepted
+
+	pending chan *pendingChunk // in order, bounded: jobs in flight
+	done    chan struct{}      // the writer goroutine ended
+	chunks  []Chunk
+	off     int64
+	err     error // the writer goroutine's, read after done
+	cancel  context.CancelFunc
+	ctx     context.Context
+}
+
+type pendingChunk struct {
+	ready chan struct{}
+	frame []byte
+	sum   digest.Digest
+}
+
+func newChunkWriter(ctx context.Context, w io.Writer, size int64, jobs int) (*chunkWriter, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	cw := &chunkWriter{w: w, size: size, enc: enc, pending: make(chan *pendingChunk, max(jobs, 1)), done: make(chan struct{}), ctx: ctx, cancel: cancel}
+	go cw.drain(cw.pending)
+	return cw, nil
+}
+
+func (cw *chunkWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		if cw.buf == nil {
+			cw.buf = make([]byte, 0, cw.size)
+		}
+		k := min(len(p), int(cw.size)-len(cw.buf))
+		cw.buf = append(cw.buf, p[:k]...)
+		p, n = p[k:], n+k
+		cw.written += int64(k)
+		if int64(len(cw.buf)) == cw.size {
+			if err := cw.flush(); err != nil {
+				return n, err
+			}
+		}
+	}
+	return n, nil
+}
+
+// flush hands the buffered chunk to a compressing goroutine.
+func (cw *chunkWriter) flush() error {
+	buf := cw.buf
+	cw.buf = nil
+	pc := &pendingChunk{ready: make(chan struct{})}
+	select {
+	case cw.pending <- pc:
+	case <-cw.done:
+		return cw.err
+	}
+	go func() {
+		sum := sha256.Sum256(buf)
+		pc.sum = digest.NewDigestFromBytes(digest.SHA256, sum[:])
+		pc.frame = cw.enc.EncodeAll(buf, make([]byte, 0, len(buf)/2))
+		close(pc.ready)
+	}()
+	return nil
+}
+
+// drain writes compressed chunks in order.
+func (cw *chunkWriter) drain(pending <-chan *pendingChunk) {
+	defer close(cw.done)
+	for pc := range pending {
+		select {
+		case <-pc.ready:
+		case <-cw.ctx.Done():
+			cw.err = cw.ctx.Err()
+			return
+		}
+		if _, err := cw.w.Write(pc.frame); err != nil {
+			cw.err = fmt.Errorf("write lazy data: %w", err)
+			return // flush and close see done and return err
+		}
+		cw.chunks = append(cw.chunks, Chunk{Offset: cw.off, Size: int64(len(pc.frame)), Digest: pc.sum})
+		cw.off += int64(len(pc.frame))
+	}
+}
+
+// close flushes the last chunk and waits for every frame to be written.
+func (cw *chunkWriter) close() ([]Chunk, error) {
+	if len(cw.buf) > 0 {
+		if err := cw.flush(); err != nil {
+			return nil, err
+		}
+	}
+	close(cw.pending)
+	cw.pending = nil
+	<-cw.done
+	if cw.err != nil {
+		return nil, cw.err
+	}
+	return cw.chunks, nil
+}
+
+// abort stops the writer goroutine if close was not reached.
+func (cw *chunkWriter) abort() {
+	cw.cancel()
+	if cw.pending != nil {
+		close(cw.pending)
+		cw.pending = nil
+		<-cw.done
+	}
+	cw.enc.Close()
+}

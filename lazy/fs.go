@@ -1,0 +1,223 @@
+package lazy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// Mount presents layer l read-only at dir with FUSE, as overlayfs expects a
+// lower directory: whiteouts as 0:0 character devices, opaque directories
+// by xattr, owners, modes, times, links and xattrs as in the tar. It is
+// mounted allow_other with default_permissions (the kernel checks modes),
+// and everything is cached by the kernel for as long as it is mounted: the
+// layer never changes. A read whose chunk cannot be fetched or fails
+// verification returns EIO, never data.
+func Mount(ctx context.Context, dir string, l *Layer) (*fuse.Server, error) {
+	root, err := Tree(l.toc)
+	if err != nil {
+		return nil, err
+	}
+	forever := 24 * time.Hour
+	opts := &fs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:   true,
+			FsName:       "s3snap:" + l.toc.Layer.Encoded()[:12],
+			Name:         "s3snap",
+			DirectMount:  true, // as root: mount(2) itself, no fusermount needed
+			Options:      []string{"default_permissions", "ro"},
+			MaxReadAhead: 1 << 20,
+		},
+		EntryTimeout:    &forever,
+		AttrTimeout:     &forever,
+		NegativeTimeout: &forever,
+		NullPermissions: true, // mode 0 (whiteouts, 000 files) stays 0
+	}
+	n := &node{n: root, l: l, ctx: ctx}
+	srv, err := fs.Mount(dir, n, opts)
+	if err != nil {
+		return nil, fmt.Errorf("fuse mount %s: %w", dir, err)
+	}
+	return srv, nil
+}
+
+// node is one file of the mounted layer.
+type node struct {
+	fs.Inode
+	n   *Node
+	l   *Layer
+	ctx context.Context // for logging
+}
+
+var (
+	_ fs.NodeOnAdder       = (*node)(nil)
+	_ fs.NodeGetattrer     = (*node)(nil)
+	_ fs.NodeGetxattrer    = (*node)(nil)
+	_ fs.NodeListxattrer   = (*node)(nil)
+	_ fs.NodeReadlinker    = (*node)(nil)
+	_ fs.NodeOpener        = (*node)(nil)
+	_ fs.NodeReader        = (*node)(nil)
+	_ fs.NodeStatfser      = (*node)(nil)
+	_ fs.NodeSetattrer     = (*node)(nil)
+	_ fs.NodeSetxattrer    = (*node)(nil)
+	_ fs.NodeRemovexattrer = (*node)(nil)
+)
+
+// OnAdd builds the whole tree at mount time, with persistent inodes so
+// the kernel forgetting one never loses it. Hard links share an inode.
+func (r *node) OnAdd(ctx context.Context) {
+	made := map[*Node]*fs.Inode{r.n: &r.Inode}
+	var add func(parent *fs.Inode, n *Node)
+	add = func(parent *fs.Inode, n *Node) {
+		for _, name := range n.Names() {
+			c := n.Children[name]
+			in, ok := made[c]
+			if !ok {
+				in = parent.NewPersistentInode(ctx, &node{n: c, l: r.l, ctx: r.ctx}, fs.StableAttr{Mode: fileType(c.Entry.Type), Ino: c.Ino})
+				made[c] = in
+			}
+			parent.AddChild(name, in, true)
+			if !ok && c.IsDir() {
+				add(in, c)
+			}
+		}
+	}
+	add(&r.Inode, r.n)
+}
+
+func fileType(t Type) uint32 {
+	switch t {
+	case TypeDir:
+		return syscall.S_IFDIR
+	case TypeSymlink:
+		return syscall.S_IFLNK
+	case TypeChar:
+		return syscall.S_IFCHR
+	case TypeBlock:
+		return syscall.S_IFBLK
+	case TypeFifo:
+		return syscall.S_IFIFO
+	}
+	return syscall.S_IFREG
+}
+
+func (r *node) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	e := &r.n.Entry
+	a := &out.Attr
+	a.Ino = r.n.Ino
+	a.Mode = fileType(e.Type) | e.Mode
+	a.Nlink = r.n.Nlink
+	a.Owner = fuse.Owner{Uid: uint32(e.UID), Gid: uint32(e.GID)}
+	switch e.Type {
+	case TypeReg:
+		a.Size = uint64(e.Size)
+	case TypeSymlink:
+		a.Size = uint64(len(e.Linkname))
+	case TypeChar, TypeBlock:
+		a.Rdev = uint32(unix.Mkdev(uint32(e.DevMajor), uint32(e.DevMinor)))
+	case TypeDir:
+		a.Size = 4096
+	}
+	a.Blksize = 4096
+	a.Blocks = (a.Size + 511) / 512
+	t := time.Unix(0, e.ModTime)
+	a.SetTimes(&t, &t, &t)
+	return fs.OK
+}
+
+func (r *node) Getxattr(_ context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	v, ok := r.n.Entry.Xattrs[attr]
+	if !ok {
+		return 0, syscall.ENODATA
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), fs.OK
+}
+
+func (r *node) Listxattr(_ context.Context, dest []byte) (uint32, syscall.Errno) {
+	names := make([]string, 0, len(r.n.Entry.Xattrs))
+	for k := range r.n.Entry.Xattrs {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b []byte
+	for _, k := range names {
+		b = append(append(b, k...), 0)
+	}
+	if len(dest) < len(b) {
+		return uint32(len(b)), syscall.ERANGE
+	}
+	return uint32(copy(dest, b)), fs.OK
+}
+
+func (r *node) Readlink(context.Context) ([]byte, syscall.Errno) {
+	if r.n.Entry.Type != TypeSymlink {
+		return nil, syscall.EINVAL
+	}
+	return []byte(r.n.Entry.Linkname), fs.OK
+}
+
+func (r *node) Open(_ context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	return nil, fuse.FOPEN_KEEP_CACHE, fs.OK
+}
+
+func (r *node) Read(_ context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	e := &r.n.Entry
+	if e.Type != TypeReg {
+		return nil, syscall.EINVAL
+	}
+	if off >= e.Size {
+		return fuse.ReadResultData(nil), fs.OK
+	}
+	n := min(int64(len(dest)), e.Size-off)
+	if _, err := r.l.ReadAt(dest[:n], e.Offset+off); err != nil {
+		log.G(r.ctx).WithError(err).WithField("file", e.Name).WithField("layer", r.l.toc.Layer).Error("lazy read failed")
+		readErrors.Inc()
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultData(dest[:n]), fs.OK
+}
+
+func (r *node) Statfs(_ context.Context, out *fuse.StatfsOut) syscall.Errno {
+	out.Bsize = 4096
+	out.NameLen = 255
+	out.Files = uint64(len(r.l.toc.Entries))
+	out.Blocks = uint64(r.l.toc.StreamSize() / 4096)
+	return fs.OK
+}
+
+// A read-only layer: every change is refused.
+func (r *node) Setattr(context.Context, fs.FileHandle, *fuse.SetAttrIn, *fuse.AttrOut) syscall.Errno {
+	return syscall.EROFS
+}
+
+func (r *node) Setxattr(context.Context, string, []byte, uint32) syscall.Errno { return syscall.EROFS }
+func (r *node) Removexattr(context.Context, string) syscall.Errno              { return syscall.EROFS }
+
+// Unmount unmounts a lazy layer at dir; when it is busy (a running
+// container's overlay still uses it) it is detached instead, so it goes
+// away once the last user does.
+func Unmount(srv *fuse.Server, dir string) error {
+	if srv != nil {
+		if err := srv.Unmount(); err == nil {
+			return nil
+		}
+	}
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("unmount %s: %w", dir, err)
+	}
+	return nil
+}

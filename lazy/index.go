@@ -1,0 +1,199 @@
+package lazy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/s3snap/s3snap/store"
+)
+
+// FetchTOC reads and validates layer's TOC from st. No TOC (an index not
+// built, or not finished) is an error wrapping ErrNoIndex; the encoded
+// bytes are returned too, to keep a local copy.
+func FetchTOC(ctx context.Context, st *store.Store, layer digest.Digest) (*TOC, []byte, error) {
+	b, err := st.GetExtra(ctx, Key(layer, "toc"), maxTOCSize)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil, fmt.Errorf("layer %s in %s: %w", layer, st.URL(), ErrNoIndex)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	toc, err := DecodeTOC(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	if toc.Layer != layer {
+		return nil, nil, fmt.Errorf("toc stored for %s describes %s: %w", layer, toc.Layer, ErrInvalidIndex)
+	}
+	return toc, b, nil
+}
+
+// OpenData returns an OpenFunc reading toc's data object from st, bound to
+// ctx (the mount's lifetime).
+func OpenData(ctx context.Context, st *store.Store, toc *TOC) OpenFunc {
+	return func() (io.ReaderAt, error) {
+		return st.ExtraReaderAt(ctx, Key(toc.Layer, "data"), toc.DataSize)
+	}
+}
+
+// Result is what IndexLayer did for one layer.
+type Result struct {
+	Layer    digest.Digest `json:"layer"`
+	DiffID   digest.Digest `json:"diffID,omitempty"`
+	Existed  bool          `json:"existed"` // a valid index was already there
+	Skipped  string        `json:"skipped,omitempty"`
+	Entries  int           `json:"entries,omitempty"`
+	Chunks   int           `json:"chunks,omitempty"`
+	Size     int64         `json:"size,omitempty"`     // uncompressed file content
+	DataSize int64         `json:"dataSize,omitempty"` // the data object
+	Seconds  float64       `json:"seconds"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// IndexLayer builds layer's index in st unless a valid one is there: the
+// blob is streamed from the bucket (its digest verified at the end), the
+// data object uploaded while it is built, the TOC written last. diffID, if
+// given, must match what the layer uncompresses to.
+func IndexLayer(ctx context.Context, st *store.Store, layer, diffID digest.Digest, opts ...BuildOption) (Result, error) {
+	start := time.Now()
+	res := Result{Layer: layer}
+	done := func(toc *TOC) {
+		res.DiffID, res.Entries, res.Chunks, res.DataSize = toc.DiffID, len(toc.Entries), len(toc.Chunks), toc.DataSize
+		res.Size = toc.StreamSize()
+		res.Seconds = time.Since(start).Seconds()
+	}
+	if toc, _, err := FetchTOC(ctx, st, layer); err == nil && (diffID == "" || toc.DiffID == diffID) {
+		res.Existed = true
+		done(toc)
+		return res, nil
+	} else if err != nil && !errors.Is(err, ErrNoIndex) && !errors.Is(err, ErrInvalidIndex) {
+		return res, err
+	}
+	rc, _, err := st.OpenBlob(ctx, layer)
+	if err != nil {
+		return res, err
+	}
+	defer rc.Close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	uploaded := make(chan error, 1)
+	go func() {
+		err := st.PutExtra(ctx, Key(layer, "data"), pr)
+		pr.CloseWithError(fmt.Errorf("upload ended: %w", err)) // unblock the builder if it failed
+		uploaded <- err
+	}()
+	toc, err := Build(ctx, layer, rc, pw, opts...)
+	if err != nil {
+		pw.CloseWithError(err) // the upload is aborted, nothing completes
+		<-uploaded
+		return res, err
+	}
+	pw.Close()
+	if err := <-uploaded; err != nil {
+		return res, fmt.Errorf("upload index data of %s: %w", layer, err)
+	}
+	if diffID != "" && toc.DiffID != diffID {
+		return res, fmt.Errorf("layer %s uncompresses to %s, the image config says %s: %w", layer, toc.DiffID, diffID, store.ErrDigestMismatch)
+	}
+	b, err := toc.Encode()
+	if err != nil {
+		return res, err
+	}
+	if err := st.PutExtra(ctx, Key(layer, "toc"), bytes.NewReader(b)); err != nil {
+		return res, fmt.Errorf("upload index toc of %s: %w", layer, err)
+	}
+	done(toc)
+	return res, nil
+}
+
+// IndexImage builds the missing indexes of every layer of the manifest d
+// of repo (every child's, for an index), each layer once. progress, if
+// set, is called after each layer. It goes on past a failed layer and
+// returns every result with an error joining the failures.
+func IndexImage(ctx context.Context, st *store.Store, repo string, d digest.Digest, progress func(Result), opts ...BuildOption) ([]Result, error) {
+	var (
+		results []Result
+		errs    []error
+		seen    = map[digest.Digest]bool{}
+	)
+	var walk func(d digest.Digest, depth int) error
+	walk = func(d digest.Digest, depth int) error {
+		m, err := st.GetManifest(ctx, repo, d)
+		if err != nil {
+			return err
+		}
+		if m.Index != nil {
+			if depth > 4 {
+				return fmt.Errorf("manifest %s: indexes nested too deep", d)
+			}
+			for _, c := range m.Index.Manifests {
+				if err := walk(c.Digest, depth+1); err != nil {
+					errs = append(errs, fmt.Errorf("index child %s: %w", c.Digest, err))
+				}
+			}
+			return nil
+		}
+		diffIDs, err := diffIDs(ctx, st, m.Image)
+		if err != nil {
+			return err
+		}
+		for i, l := range m.Image.Layers {
+			if seen[l.Digest] {
+				continue
+			}
+			seen[l.Digest] = true
+			var res Result
+			if !isTarLayer(l.MediaType) {
+				res = Result{Layer: l.Digest, Skipped: "media type " + l.MediaType + " is not a tar layer"}
+			} else if res, err = IndexLayer(ctx, st, l.Digest, diffIDs[i], opts...); err != nil {
+				res.Error = err.Error()
+				errs = append(errs, fmt.Errorf("layer %s: %w", l.Digest, err))
+			}
+			results = append(results, res)
+			if progress != nil {
+				progress(res)
+			}
+		}
+		return nil
+	}
+	if err := walk(d, 0); err != nil {
+		errs = append(errs, err)
+	}
+	return results, errors.Join(errs...)
+}
+
+// diffIDs reads an image's config for its layers' diff IDs.
+func diffIDs(ctx context.Context, st *store.Store, m *ocispec.Manifest) ([]digest.Digest, error) {
+	rc, _, err := st.OpenBlob(ctx, m.Config.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
+	}
+	defer rc.Close()
+	var cfg ocispec.Image
+	if err := json.NewDecoder(io.LimitReader(rc, 16<<20)).Decode(&cfg); err != nil {
+		return nil, fmt.Errorf("decode config %s: %w", m.Config.Digest, err)
+	}
+	if len(cfg.RootFS.DiffIDs) != len(m.Layers) {
+		return nil, fmt.Errorf("config %s has %d diff ids for %d layers: %w", m.Config.Digest, len(cfg.RootFS.DiffIDs), len(m.Layers), store.ErrInvalidManifest)
+	}
+	return cfg.RootFS.DiffIDs, nil
+}
+
+// isTarLayer reports whether a layer media type is a (compressed) tar.
+func isTarLayer(mt string) bool {
+	if strings.Contains(mt, "nondistributable") {
+		return false // never in a registry, so never in the bucket
+	}
+	return strings.HasPrefix(mt, "application/vnd.oci.image.layer.") || strings.HasPrefix(mt, "application/vnd.docker.image.rootfs.diff.tar")
+}

@@ -1,0 +1,174 @@
+package lazy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// OpenFunc opens random access to a layer's data object (parallel ranged
+// GETs: store.ExtraReaderAt). It is called at the first cache miss only, so
+// a layer whose chunks are all cached makes no request.
+type OpenFunc func() (io.ReaderAt, error)
+
+// Layer reads a layer's files through its index: chunk by chunk from the
+// cache, fetching (and verifying) what is missing.
+type Layer struct {
+	toc   *TOC
+	cache *Cache
+	open  OpenFunc
+
+	srcOnce sync.Once
+	src     io.ReaderAt
+	srcErr  error
+
+	present []atomic.Bool // chunk i is in the cache
+	cached  atomic.Int64  // uncompressed bytes of present chunks
+}
+
+// NewLayer reads toc's layer through cache, fetching with open.
+func NewLayer(toc *TOC, cache *Cache, open OpenFunc) *Layer {
+	l := &Layer{toc: toc, cache: cache, open: open, present: make([]atomic.Bool, len(toc.Chunks))}
+	for i, c := range toc.Chunks {
+		if cache.has(c.Digest) {
+			l.markPresent(i)
+		}
+	}
+	return l
+}
+
+// TOC is the layer's table of contents.
+func (l *Layer) TOC() *TOC { return l.toc }
+
+// CachedBytes is how much of the layer's content is on local disk.
+func (l *Layer) CachedBytes() int64 { return l.cached.Load() }
+
+func (l *Layer) markPresent(i int) {
+	if !l.present[i].Swap(true) {
+		l.cached.Add(l.toc.chunkLen(i))
+	}
+}
+
+func (l *Layer) source() (io.ReaderAt, error) {
+	l.srcOnce.Do(func() { l.src, l.srcErr = l.open() })
+	return l.src, l.srcErr
+}
+
+// frame fetches chunk i's compressed bytes.
+func (l *Layer) frame(i int) ([]byte, error) {
+	src, err := l.source()
+	if err != nil {
+		return nil, err
+	}
+	c := l.toc.Chunks[i]
+	b := make([]byte, c.Size)
+	if _, err := src.ReadAt(b, c.Offset); err != nil {
+		return nil, fmt.Errorf("fetch chunk %d of layer %s: %w", i, l.toc.Layer, err)
+	}
+	chunksFetched.Inc()
+	bytesFetched.Add(float64(len(b)))
+	return b, nil
+}
+
+// ReadAt reads the uncompressed data stream (file contents, see Entry.Offset).
+func (l *Layer) ReadAt(p []byte, off int64) (int, error) {
+	size := l.toc.StreamSize()
+	if off >= size {
+		return 0, io.EOF
+	}
+	want := min(int64(len(p)), size-off)
+	var n int64
+	for n < want {
+		pos := off + n
+		i := int(pos / l.toc.ChunkSize)
+		within := pos - int64(i)*l.toc.ChunkSize
+		k := min(want-n, l.toc.chunkLen(i)-within)
+		if err := l.readChunk(i, p[n:n+k], within); err != nil {
+			return int(n), err
+		}
+		n += k
+	}
+	if n < int64(len(p)) {
+		return int(n), io.EOF
+	}
+	return int(n), nil
+}
+
+func (l *Layer) readChunk(i int, p []byte, within int64) error {
+	c := l.toc.Chunks[i]
+	size := l.toc.chunkLen(i)
+	if _, ok, err := l.cache.readAt(c.Digest, size, p, within); err != nil {
+		return err
+	} else if ok {
+		l.markPresent(i)
+		return nil
+	}
+	data, err := l.cache.get(c.Digest, size, func() ([]byte, error) { return l.frame(i) })
+	if err != nil {
+		return err
+	}
+	l.markPresent(i)
+	copy(p, data[within:])
+	return nil
+}
+
+// Prefetch fetches every chunk not yet cached, in order, in runs of
+// consecutive chunks of up to runBytes compressed (one ranged read each,
+// which the fetcher splits into parallel GETs), jobs runs at once. It stops
+// at the first error or when ctx is cancelled.
+func (l *Layer) Prefetch(ctx context.Context, jobs int, runBytes int64) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(jobs, 1))
+	for i := 0; i < len(l.toc.Chunks); {
+		if l.present[i].Load() {
+			i++
+			continue
+		}
+		first, bytes := i, int64(0)
+		for i < len(l.toc.Chunks) && !l.present[i].Load() && (i == first || bytes+l.toc.Chunks[i].Size <= runBytes) {
+			bytes += l.toc.Chunks[i].Size
+			i++
+		}
+		last := i
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error { return l.fetchRun(gctx, first, last) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// fetchRun reads chunks [first, last) in one ranged read and caches them.
+func (l *Layer) fetchRun(ctx context.Context, first, last int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	src, err := l.source()
+	if err != nil {
+		return err
+	}
+	start := l.toc.Chunks[first].Offset
+	end := l.toc.Chunks[last-1].Offset + l.toc.Chunks[last-1].Size
+	buf := make([]byte, end-start)
+	if _, err := src.ReadAt(buf, start); err != nil {
+		return fmt.Errorf("prefetch chunks %d-%d of layer %s: %w", first, last-1, l.toc.Layer, err)
+	}
+	chunksFetched.Add(float64(last - first))
+	bytesFetched.Add(float64(len(buf)))
+	for i := first; i < last; i++ {
+		c := l.toc.Chunks[i]
+		frame := buf[c.Offset-start : c.Offset-start+c.Size]
+		if _, err := l.cache.get(c.Digest, l.toc.chunkLen(i), func() ([]byte, error) { return frame, nil }); err != nil {
+			return err
+		}
+		l.markPresent(i)
+	}
+	return nil
+}

@@ -1,0 +1,21 @@
+package lazy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+var (
+	readErrors = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "s3snap", Subsystem: "lazy", Name: "read_errors_total",
+		Help: "Reads of lazily mounted files that failed (chunk not fetched or failing verification): EIO, never data.",
+	})
+	chunksFetched = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "s3snap", Subsystem: "lazy", Name: "chunks_fetched_total",
+		Help: "Lazy data chunks fetched from S3, verified and cached.",
+	})
+	bytesFetched = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "s3snap", Subsystem: "lazy", Name: "fetched_bytes_total",
+		Help: "Compressed lazy data bytes fetched from S3.",
+	})
+)
