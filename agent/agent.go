@@ -55,7 +55,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
 		return fmt.Errorf("create root: %w", err)
 	}
-	sn, err := snapshotter.New(ctx, cfg.Root, storeFunc, snapshotter.WithUnpackJobs(cfg.Fetch.UnpackJobs))
+	sn, err := snapshotter.New(ctx, cfg.Root, storeFunc, snapshotter.WithUnpackJobs(cfg.Fetch.UnpackJobs), snapshotter.WithLazy(cfg.Lazy.Enabled))
 	if err != nil {
 		return fmt.Errorf("open snapshotter: %w", err)
 	}

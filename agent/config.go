@@ -39,6 +39,14 @@ type Config struct {
 	S3       S3Config         `toml:"s3"`
 	Fetch    FetchConfig      `toml:"fetch"`
 	Registry []RegistryConfig `toml:"registry"`
+	Lazy     LazyConfig       `toml:"lazy"`
+}
+
+// LazyConfig is the [lazy] table: layers whose lazy index is in the bucket
+// (built with s3snap index) are mounted with FUSE and read on demand
+// instead of unpacked before the container starts.
+type LazyConfig struct {
+	Enabled bool `toml:"enabled"`
 }
 
 // MirrorConfig is the [mirror] table.

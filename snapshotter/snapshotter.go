@@ -40,11 +40,13 @@ type Snapshotter struct {
 	stores                StoreFunc
 	jobs                  *jobs
 	cancel                context.CancelFunc
+	lazy                  *lazyMounts // nil unless WithLazy
 }
 
 type options struct {
 	unpackJobs int
 	stagedTTL  time.Duration
+	lazy       lazyOptions
 }
 
 // Option configures a Snapshotter.
@@ -61,7 +63,7 @@ func WithStagedTTL(d time.Duration) Option { return func(o *options) { o.stagedT
 // New opens (or creates) the snapshotter's state under root, removing
 // staging snapshots a previous run left behind.
 func New(ctx context.Context, root string, stores StoreFunc, opts ...Option) (*Snapshotter, error) {
-	o := options{unpackJobs: 2, stagedTTL: 10 * time.Minute}
+	o := options{unpackJobs: 2, stagedTTL: 10 * time.Minute, lazy: lazyOptions{prefetchJobs: 2, runJobs: 2, runBytes: 16 << 20}}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -77,12 +79,23 @@ func New(ctx context.Context, root string, stores StoreFunc, opts ...Option) (*S
 		ov.Close()
 		return nil, err
 	}
+	if o.lazy.enabled {
+		if s.lazy, err = newLazyMounts(lifetime, root, o.lazy); err != nil {
+			cancel()
+			ov.Close()
+			return nil, err
+		}
+		s.restoreLazy(ctx)
+	}
 	return s, nil
 }
 
 // Close stops background unpacks and closes the overlay snapshotter.
 func (s *Snapshotter) Close() error {
 	s.cancel()
+	if s.lazy != nil {
+		s.lazy.close()
+	}
 	return s.Snapshotter.Close()
 }
 
@@ -109,6 +122,9 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 // provide makes chain ID r.chainID exist as a committed snapshot from the
 // bucket. An error means containerd should pull the layer itself.
 func (s *Snapshotter) provide(ctx context.Context, r request, parent string, labels map[string]string) error {
+	if s.lazy != nil && s.tryLazy(ctx, r, parent, labels) {
+		return nil
+	}
 	if _, err := s.Snapshotter.Stat(ctx, r.chainID); err == nil {
 		return nil // already committed, by us or an earlier pull
 	}

@@ -1,0 +1,456 @@
+package snapshotter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/s3snap/s3snap/lazy"
+	"github.com/s3snap/s3snap/store"
+)
+
+// Lazy mode: a layer whose lazy index is in the bucket is not unpacked.
+// Its snapshot is committed empty and its upper directory then mounted
+// with FUSE, presenting the layer as overlayfs expects a lower directory;
+// file data is fetched by chunk on first read and the rest prefetched in
+// the background into a verified chunk cache under the root. Mounts are
+// recorded under <root>/lazy/mounts so the agent remounts them when it
+// starts again; committing before mounting keeps the overlay snapshotter's
+// disk-usage walk off the FUSE tree.
+
+// labelLazyLayer marks a committed snapshot served by a lazy mount.
+const labelLazyLayer = "s3snap.io/lazy-layer"
+
+type lazyOptions struct {
+	enabled      bool
+	prefetchJobs int   // layers prefetched at once
+	runJobs      int   // ranged reads in flight per layer prefetch
+	runBytes     int64 // compressed bytes per prefetch read
+}
+
+// WithLazy turns lazy mode on or off (default off).
+func WithLazy(enabled bool) Option { return func(o *options) { o.lazy.enabled = enabled } }
+
+// lazyRecord is the state file of one lazy mount.
+type lazyRecord struct {
+	Name  string        `json:"name"`  // the committed snapshot (a chain ID)
+	Layer digest.Digest `json:"layer"` // the layer it presents
+	Host  string        `json:"host"`  // the registry host, to find its stores
+	Store string        `json:"store"` // the store the index came from
+	Dir   string        `json:"dir"`   // the snapshot's upper directory: the mount point
+}
+
+type lazyMount struct {
+	rec    lazyRecord
+	layer  *lazy.Layer
+	srv    *fuse.Server
+	cancel context.CancelFunc
+}
+
+// lazyMounts is the snapshotter's lazy state.
+type lazyMounts struct {
+	ctx      context.Context // the snapshotter's lifetime
+	dir      string          // <root>/lazy
+	opts     lazyOptions
+	cache    *lazy.Cache
+	prefetch chan struct{} // semaphore: layers prefetching
+
+	mu      sync.Mutex
+	mounts  map[string]*lazyMount    // by snapshot name
+	pending map[string]chan struct{} // chain IDs being provided
+}
+
+func newLazyMounts(ctx context.Context, root string, o lazyOptions) (*lazyMounts, error) {
+	dir := filepath.Join(root, "lazy")
+	for _, d := range []string{"mounts", "toc"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("lazy state: %w", err)
+		}
+	}
+	cache, err := lazy.NewCache(filepath.Join(dir, "chunks"))
+	if err != nil {
+		return nil, err
+	}
+	return &lazyMounts{
+		ctx: ctx, dir: dir, opts: o, cache: cache,
+		prefetch: make(chan struct{}, max(o.prefetchJobs, 1)),
+		mounts:   map[string]*lazyMount{}, pending: map[string]chan struct{}{},
+	}, nil
+}
+
+// claim waits until no other Prepare is providing chainID, then marks it
+// as ours until release is called.
+func (l *lazyMounts) claim(ctx context.Context, chainID string) (release func(), err error) {
+	for {
+		l.mu.Lock()
+		ch, busy := l.pending[chainID]
+		if !busy {
+			ch = make(chan struct{})
+			l.pending[chainID] = ch
+			l.mu.Unlock()
+			return func() {
+				l.mu.Lock()
+				delete(l.pending, chainID)
+				l.mu.Unlock()
+				close(ch)
+			}, nil
+		}
+		l.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// tryLazy provides r with a lazy mount if the bucket has the layer's
+// index; false means the layer is to be unpacked as usual.
+func (s *Snapshotter) tryLazy(ctx context.Context, r request, parent string, labels map[string]string) bool {
+	err := s.provideLazy(ctx, r, parent, labels)
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, lazy.ErrNoIndex):
+		log.G(ctx).WithField("layer", r.layer).Debug("no lazy index; unpacking the layer")
+	default:
+		lazyFallbacks.Inc()
+		log.G(ctx).WithError(err).WithField("layer", r.layer).Warn("lazy mount failed; unpacking the layer")
+	}
+	return false
+}
+
+// provideLazy makes r.chainID a committed snapshot backed by a lazy mount
+// of the layer's index. An error wrapping lazy.ErrNoIndex means there is
+// none; any error means nothing was left behind.
+func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string, labels map[string]string) (retErr error) {
+	l := s.lazy
+	release, err := l.claim(ctx, r.chainID)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if _, err := s.Snapshotter.Stat(ctx, r.chainID); err == nil {
+		return nil // committed meanwhile (and mounted, if lazy: claim waited)
+	}
+	stores := s.stores(r.host)
+	if len(stores) == 0 {
+		return fmt.Errorf("registry %s: %w", r.host, errNotMirrored)
+	}
+	var (
+		toc *lazy.TOC
+		raw []byte
+		st  *store.Store
+	)
+	err = fmt.Errorf("layer %s: %w", r.layer, lazy.ErrNoIndex)
+	for _, cand := range stores {
+		if toc, raw, err = lazy.FetchTOC(ctx, cand, r.layer); err == nil {
+			st = cand
+			break
+		}
+	}
+	if st == nil {
+		return err
+	}
+	if r.diffID != "" && toc.DiffID != r.diffID {
+		return fmt.Errorf("lazy index of %s says diff id %s, the image %s: %w", r.layer, toc.DiffID, r.diffID, ErrDiffIDMismatch)
+	}
+	if _, err := lazy.Tree(toc); err != nil {
+		return err // checked before anything changes
+	}
+	if err := writeFileAtomic(l.tocPath(r.layer), raw); err != nil {
+		return err
+	}
+
+	key := stagePrefix + "lazy-" + r.layer.Encoded() + "-" + uniquePart()
+	mounts, err := s.Snapshotter.Prepare(ctx, key, "", snapshots.WithLabels(map[string]string{labelStagedLayer: r.layer.String()}))
+	if err != nil {
+		return fmt.Errorf("prepare lazy snapshot for %s: %w", r.layer, err)
+	}
+	dir, err := upperDir(mounts)
+	if err != nil {
+		s.remove(ctx, key)
+		return err
+	}
+	rec := lazyRecord{Name: r.chainID, Layer: r.layer, Host: r.host, Store: st.URL(), Dir: dir}
+	// Recorded before the commit: a crash after it still finds the mount
+	// to restore; one before it leaves a record restore drops.
+	if err := l.writeRecord(rec); err != nil {
+		s.remove(ctx, key)
+		return err
+	}
+	commitLabels := map[string]string{labelLazyLayer: r.layer.String()}
+	for k, v := range labels {
+		commitLabels[k] = v
+	}
+	commitOpts := []snapshots.Opt{snapshots.WithLabels(commitLabels)}
+	if parent != "" {
+		commitOpts = append(commitOpts, snapshots.WithParent(parent))
+	}
+	if err := s.Snapshotter.Commit(ctx, r.chainID, key, commitOpts...); err != nil {
+		s.remove(ctx, key)
+		l.removeRecord(r.chainID)
+		if errdefs.IsAlreadyExists(err) {
+			return nil
+		}
+		return fmt.Errorf("commit lazy layer %s as %s: %w", r.layer, r.chainID, err)
+	}
+	if _, err := l.mount(rec, toc, st); err != nil {
+		s.remove(ctx, r.chainID)
+		l.removeRecord(r.chainID)
+		return err
+	}
+	lazyLayers.Inc()
+	log.G(ctx).WithField("layer", r.layer).WithField("chainID", r.chainID).WithField("store", st.URL()).Info("layer mounted lazily from s3")
+	return nil
+}
+
+// mount mounts rec's layer and starts prefetching it. st may be nil (the
+// registry is no longer mapped): then only cached chunks can be read.
+func (l *lazyMounts) mount(rec lazyRecord, toc *lazy.TOC, st *store.Store) (*lazyMount, error) {
+	ctx, cancel := context.WithCancel(l.ctx)
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("layer", rec.Layer))
+	open := func() (io.ReaderAt, error) {
+		return nil, fmt.Errorf("layer %s: registry %s is not mapped to a store", rec.Layer, rec.Host)
+	}
+	if st != nil {
+		open = lazy.OpenData(ctx, st, toc)
+	}
+	m := &lazyMount{rec: rec, layer: lazy.NewLayer(toc, l.cache, open), cancel: cancel}
+	// A mount left by an agent that was killed answers nothing: drop it.
+	_ = unix.Unmount(rec.Dir, unix.MNT_DETACH)
+	srv, err := lazy.Mount(ctx, rec.Dir, m.layer)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	m.srv = srv
+	l.mu.Lock()
+	l.mounts[rec.Name] = m
+	l.mu.Unlock()
+	if st != nil && m.layer.CachedBytes() < toc.StreamSize() {
+		go l.runPrefetch(ctx, m)
+	}
+	return m, nil
+}
+
+func (l *lazyMounts) runPrefetch(ctx context.Context, m *lazyMount) {
+	select {
+	case l.prefetch <- struct{}{}:
+		defer func() { <-l.prefetch }()
+	case <-ctx.Done():
+		return
+	}
+	start := time.Now()
+	err := m.layer.Prefetch(ctx, l.opts.runJobs, l.opts.runBytes)
+	switch {
+	case err == nil:
+		log.G(ctx).WithField("took", time.Since(start)).WithField("bytes", m.layer.CachedBytes()).Debug("lazy layer prefetched")
+	case ctx.Err() != nil:
+	default:
+		log.G(ctx).WithError(err).Warn("lazy prefetch failed; files are still fetched on demand")
+	}
+}
+
+// unmount stops rec's prefetch and unmounts it.
+func (l *lazyMounts) unmount(m *lazyMount) error {
+	m.cancel()
+	return lazy.Unmount(m.srv, m.rec.Dir)
+}
+
+// Remove removes a snapshot, unmounting it first if it is lazy.
+func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	if s.lazy == nil {
+		return s.Snapshotter.Remove(ctx, key)
+	}
+	l := s.lazy
+	l.mu.Lock()
+	m := l.mounts[key]
+	l.mu.Unlock()
+	if m == nil {
+		return s.Snapshotter.Remove(ctx, key)
+	}
+	// A snapshot with children cannot go: let the overlay snapshotter say
+	// so before the mount is touched.
+	hasChildren := false
+	if err := s.Snapshotter.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		hasChildren = hasChildren || info.Parent == key
+		return nil
+	}); err != nil {
+		return err
+	}
+	if hasChildren {
+		return s.Snapshotter.Remove(ctx, key)
+	}
+	if err := l.unmount(m); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	delete(l.mounts, key)
+	l.mu.Unlock()
+	if err := s.Snapshotter.Remove(ctx, key); err != nil {
+		return err
+	}
+	l.removeRecord(key)
+	return nil
+}
+
+// Usage of a lazy snapshot is the bytes of its layer on local disk.
+func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, error) {
+	if s.lazy != nil {
+		s.lazy.mu.Lock()
+		m := s.lazy.mounts[key]
+		s.lazy.mu.Unlock()
+		if m != nil {
+			return snapshots.Usage{Size: m.layer.CachedBytes(), Inodes: int64(len(m.layer.TOC().Entries))}, nil
+		}
+	}
+	return s.Snapshotter.Usage(ctx, key)
+}
+
+// restore remounts every lazy snapshot a previous run committed.
+func (s *Snapshotter) restoreLazy(ctx context.Context) {
+	l := s.lazy
+	entries, err := os.ReadDir(filepath.Join(l.dir, "mounts"))
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("lazy: read mount records")
+		return
+	}
+	for _, e := range entries {
+		rec, err := l.readRecord(e.Name())
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("record", e.Name()).Warn("lazy: dropping unreadable mount record")
+			os.Remove(filepath.Join(l.dir, "mounts", e.Name()))
+			continue
+		}
+		info, err := s.Snapshotter.Stat(ctx, rec.Name)
+		if err != nil || info.Kind != snapshots.KindCommitted {
+			l.removeRecord(rec.Name) // never committed, or removed meanwhile
+			continue
+		}
+		if err := s.remountLazy(ctx, rec); err != nil {
+			lazyRestoreFailures.Inc()
+			log.G(ctx).WithError(err).WithField("snapshot", rec.Name).WithField("layer", rec.Layer).Error("lazy: cannot remount layer; its images need pulling again")
+		}
+	}
+}
+
+func (s *Snapshotter) remountLazy(ctx context.Context, rec lazyRecord) error {
+	l := s.lazy
+	var st *store.Store
+	stores := s.stores(rec.Host)
+	for _, c := range stores {
+		if c.URL() == rec.Store {
+			st = c
+		}
+	}
+	if st == nil && len(stores) > 0 {
+		st = stores[0]
+	}
+	var toc *lazy.TOC
+	raw, err := os.ReadFile(l.tocPath(rec.Layer))
+	if err == nil {
+		toc, err = lazy.DecodeTOC(raw)
+	}
+	if err != nil && st != nil {
+		log.G(ctx).WithError(err).WithField("layer", rec.Layer).Debug("lazy: no local toc, fetching it")
+		if toc, raw, err = lazy.FetchTOC(ctx, st, rec.Layer); err == nil {
+			err = writeFileAtomic(l.tocPath(rec.Layer), raw)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if toc.Layer != rec.Layer {
+		return fmt.Errorf("local toc of %s describes %s: %w", rec.Layer, toc.Layer, lazy.ErrInvalidIndex)
+	}
+	_, err = l.mount(rec, toc, st)
+	return err
+}
+
+// close unmounts every lazy layer (detaching those still in use).
+func (l *lazyMounts) close() {
+	l.mu.Lock()
+	mounts := l.mounts
+	l.mounts = map[string]*lazyMount{}
+	l.mu.Unlock()
+	for _, m := range mounts {
+		if err := l.unmount(m); err != nil {
+			log.G(l.ctx).WithError(err).WithField("dir", m.rec.Dir).Warn("lazy: unmount")
+		}
+	}
+	l.cache.Close()
+}
+
+func (l *lazyMounts) tocPath(layer digest.Digest) string {
+	return filepath.Join(l.dir, "toc", layer.Encoded())
+}
+
+func (l *lazyMounts) recordPath(name string) string {
+	return filepath.Join(l.dir, "mounts", digest.FromString(name).Encoded()+".json")
+}
+
+func (l *lazyMounts) writeRecord(rec lazyRecord) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(l.recordPath(rec.Name), b)
+}
+
+func (l *lazyMounts) readRecord(file string) (lazyRecord, error) {
+	var rec lazyRecord
+	b, err := os.ReadFile(filepath.Join(l.dir, "mounts", file))
+	if err != nil {
+		return rec, err
+	}
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return rec, err
+	}
+	if rec.Name == "" || rec.Layer.Validate() != nil || !filepath.IsAbs(rec.Dir) {
+		return rec, errors.New("incomplete record")
+	}
+	return rec, nil
+}
+
+func (l *lazyMounts) removeRecord(name string) {
+	if err := os.Remove(l.recordPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.G(l.ctx).WithError(err).Warn("lazy: remove mount record")
+	}
+}
+
+// writeFileAtomic writes b to path under a temporary name, then renames it.
+func writeFileAtomic(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
