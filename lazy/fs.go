@@ -41,7 +41,7 @@ func Mount(ctx context.Context, dir string, l *Layer) (*fuse.Server, error) {
 		NegativeTimeout: &forever,
 		NullPermissions: true, // mode 0 (whiteouts, 000 files) stays 0
 	}
-	n := &node{n: root, l: l, ctx: ctx}
+	n := &rootNode{node{n: root, l: l, ctx: ctx}}
 	srv, err := fs.Mount(dir, n, opts)
 	if err != nil {
 		return nil, fmt.Errorf("fuse mount %s: %w", dir, err)
@@ -57,8 +57,12 @@ type node struct {
 	ctx context.Context // for logging
 }
 
+// rootNode is the layer's root directory; it builds the tree. (Only the
+// root: go-fuse calls OnAdd for every inode that has it.)
+type rootNode struct{ node }
+
 var (
-	_ fs.NodeOnAdder       = (*node)(nil)
+	_ fs.NodeOnAdder       = (*rootNode)(nil)
 	_ fs.NodeGetattrer     = (*node)(nil)
 	_ fs.NodeGetxattrer    = (*node)(nil)
 	_ fs.NodeListxattrer   = (*node)(nil)
@@ -73,7 +77,7 @@ var (
 
 // OnAdd builds the whole tree at mount time, with persistent inodes so
 // the kernel forgetting one never loses it. Hard links share an inode.
-func (r *node) OnAdd(ctx context.Context) {
+func (r *rootNode) OnAdd(ctx context.Context) {
 	made := map[*Node]*fs.Inode{r.n: &r.Inode}
 	var add func(parent *fs.Inode, n *Node)
 	add = func(parent *fs.Inode, n *Node) {
@@ -183,7 +187,7 @@ func (r *node) Read(_ context.Context, _ fs.FileHandle, dest []byte, off int64) 
 		return fuse.ReadResultData(nil), fs.OK
 	}
 	n := min(int64(len(dest)), e.Size-off)
-	if _, err := r.l.ReadAt(dest[:n], e.Offset+off); err != nil {
+	if _, err := r.l.readAt(dest[:n], e.Offset+off, e.Offset+e.Size); err != nil {
 		log.G(r.ctx).WithError(err).WithField("file", e.Name).WithField("layer", r.l.toc.Layer).Error("lazy read failed")
 		readErrors.Inc()
 		return nil, syscall.EIO

@@ -76,6 +76,19 @@ func (l *Layer) frame(i int) ([]byte, error) {
 
 // ReadAt reads the uncompressed data stream (file contents, see Entry.Offset).
 func (l *Layer) ReadAt(p []byte, off int64) (int, error) {
+	return l.readAt(p, off, off+int64(len(p)))
+}
+
+// readaheadBytes bounds how much of a file one cache miss fetches: the
+// chunks after the missing one up to the file's end, in one ranged read
+// (the fetcher splits it into parallel GETs). A program reading a file
+// (or the kernel faulting in a binary) then waits for one round trip, not
+// one per chunk.
+const readaheadBytes = 8 << 20
+
+// readAt is ReadAt for a read within a file whose content ends at fileEnd
+// in the stream: a miss also fetches the file's next missing chunks.
+func (l *Layer) readAt(p []byte, off, fileEnd int64) (int, error) {
 	size := l.toc.StreamSize()
 	if off >= size {
 		return 0, io.EOF
@@ -87,7 +100,7 @@ func (l *Layer) ReadAt(p []byte, off int64) (int, error) {
 		i := int(pos / l.toc.ChunkSize)
 		within := pos - int64(i)*l.toc.ChunkSize
 		k := min(want-n, l.toc.chunkLen(i)-within)
-		if err := l.readChunk(i, p[n:n+k], within); err != nil {
+		if err := l.readChunk(i, p[n:n+k], within, fileEnd); err != nil {
 			return int(n), err
 		}
 		n += k
@@ -98,7 +111,7 @@ func (l *Layer) ReadAt(p []byte, off int64) (int, error) {
 	return int(n), nil
 }
 
-func (l *Layer) readChunk(i int, p []byte, within int64) error {
+func (l *Layer) readChunk(i int, p []byte, within, fileEnd int64) error {
 	c := l.toc.Chunks[i]
 	size := l.toc.chunkLen(i)
 	if _, ok, err := l.cache.readAt(c.Digest, size, p, within); err != nil {
@@ -106,6 +119,19 @@ func (l *Layer) readChunk(i int, p []byte, within int64) error {
 	} else if ok {
 		l.markPresent(i)
 		return nil
+	}
+	// Fetch this chunk with the file's next missing ones in one read; if
+	// that fails, the chunk alone below reports the error.
+	last := i + 1
+	for bytes := c.Size; last < len(l.toc.Chunks) && int64(last)*l.toc.ChunkSize < fileEnd && !l.present[last].Load(); last++ {
+		if bytes += l.toc.Chunks[last].Size; bytes > readaheadBytes {
+			break
+		}
+	}
+	if last > i+1 && l.fetchRun(context.Background(), i, last) == nil {
+		if _, ok, err := l.cache.readAt(c.Digest, size, p, within); err == nil && ok {
+			return nil
+		}
 	}
 	data, err := l.cache.get(c.Digest, size, func() ([]byte, error) { return l.frame(i) })
 	if err != nil {

@@ -138,6 +138,7 @@ func (s *Snapshotter) tryLazy(ctx context.Context, r request, parent string, lab
 // none; any error means nothing was left behind.
 func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string, labels map[string]string) (retErr error) {
 	l := s.lazy
+	start := time.Now()
 	release, err := l.claim(ctx, r.chainID)
 	if err != nil {
 		return err
@@ -168,6 +169,7 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 	if r.diffID != "" && toc.DiffID != r.diffID {
 		return fmt.Errorf("lazy index of %s says diff id %s, the image %s: %w", r.layer, toc.DiffID, r.diffID, ErrDiffIDMismatch)
 	}
+	fetched := time.Since(start)
 	if _, err := lazy.Tree(toc); err != nil {
 		return err // checked before anything changes
 	}
@@ -208,13 +210,17 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 		}
 		return fmt.Errorf("commit lazy layer %s as %s: %w", r.layer, r.chainID, err)
 	}
+	committed := time.Since(start)
 	if _, err := l.mount(rec, toc, st); err != nil {
 		s.remove(ctx, r.chainID)
 		l.removeRecord(r.chainID)
 		return err
 	}
 	lazyLayers.Inc()
-	log.G(ctx).WithField("layer", r.layer).WithField("chainID", r.chainID).WithField("store", st.URL()).Info("layer mounted lazily from s3")
+	log.G(ctx).WithFields(log.Fields{
+		"layer": r.layer, "chainID": r.chainID, "store": st.URL(),
+		"toc": fetched, "committed": committed, "took": time.Since(start),
+	}).Info("layer mounted lazily from s3")
 	return nil
 }
 

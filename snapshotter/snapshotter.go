@@ -63,7 +63,7 @@ func WithStagedTTL(d time.Duration) Option { return func(o *options) { o.stagedT
 // New opens (or creates) the snapshotter's state under root, removing
 // staging snapshots a previous run left behind.
 func New(ctx context.Context, root string, stores StoreFunc, opts ...Option) (*Snapshotter, error) {
-	o := options{unpackJobs: 2, stagedTTL: 10 * time.Minute, lazy: lazyOptions{prefetchJobs: 2, runJobs: 2, runBytes: 16 << 20}}
+	o := options{unpackJobs: 2, stagedTTL: 10 * time.Minute, lazy: lazyOptions{prefetchJobs: 1, runJobs: 2, runBytes: 16 << 20}}
 	for _, opt := range opts {
 		opt(&o)
 	}
