@@ -158,6 +158,22 @@ func TestAgentLazyPull(t *testing.T) {
 		}
 	})
 
+	t.Run("restart with lazy mode off: lazy layers still remounted", func(t *testing.T) {
+		cfg, err := os.ReadFile(p.agent.ConfigPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		off := strings.Replace(string(cfg), "enabled = true", "enabled = false", 1)
+		if err := os.WriteFile(p.agent.ConfigPath, []byte(off), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p.agent.Restart(t)
+		if m := lazyMounts(t, p.agent.Root); len(m) != len(im.Layers) {
+			t.Errorf("lazy off: FUSE mounts %v, want the %d existing ones", m, len(im.Layers))
+		}
+		p.run(t, ref, "lazy-off", files)
+	})
+
 	t.Run("remove the image: mounts go", func(t *testing.T) {
 		p.ctrd.Ctr(t, "images", "rm", "--sync", ref)
 		if m := lazyMounts(t, p.agent.Root); len(m) != 0 {

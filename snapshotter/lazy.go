@@ -73,6 +73,14 @@ type lazyMounts struct {
 	pending map[string]chan struct{} // chain IDs being provided
 }
 
+// hasLazyMounts reports whether an earlier run left lazy mounts to restore:
+// they are remounted even with lazy mode now off, or their snapshots would
+// be empty directories.
+func hasLazyMounts(root string) bool {
+	entries, err := os.ReadDir(filepath.Join(root, "lazy", "mounts"))
+	return err == nil && len(entries) > 0
+}
+
 func newLazyMounts(ctx context.Context, root string, o lazyOptions) (*lazyMounts, error) {
 	dir := filepath.Join(root, "lazy")
 	for _, d := range []string{"mounts", "toc"} {
@@ -120,6 +128,9 @@ func (l *lazyMounts) claim(ctx context.Context, chainID string) (release func(),
 // tryLazy provides r with a lazy mount if the bucket has the layer's
 // index; false means the layer is to be unpacked as usual.
 func (s *Snapshotter) tryLazy(ctx context.Context, r request, parent string, labels map[string]string) bool {
+	if !s.lazy.opts.enabled {
+		return false
+	}
 	err := s.provideLazy(ctx, r, parent, labels)
 	switch {
 	case err == nil:

@@ -79,7 +79,7 @@ func New(ctx context.Context, root string, stores StoreFunc, opts ...Option) (*S
 		ov.Close()
 		return nil, err
 	}
-	if o.lazy.enabled {
+	if o.lazy.enabled || hasLazyMounts(root) {
 		if s.lazy, err = newLazyMounts(lifetime, root, o.lazy); err != nil {
 			cancel()
 			ov.Close()
