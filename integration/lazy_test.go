@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -230,5 +231,53 @@ func TestAgentLazyCorruptChunk(t *testing.T) {
 	}
 	if n := p.agent.Metric(t, "s3snap_lazy_read_errors_total"); n == 0 {
 		t.Error("no lazy read error counted")
+	}
+}
+
+// TestIndexCLI: bad usage exits 2; a layer blob damaged in the bucket
+// fails its index (exit 1, the digest mismatch named) and leaves no TOC,
+// so no agent ever mounts it, while the image's other layers are indexed.
+func TestIndexCLI(t *testing.T) {
+	e := testenv.S3(t)
+	bucket := e.NewBucket(t)
+	cli := indexCLI(t, e)
+	cli.fails(t, 2, []string{"index", "s3://" + bucket + "/ecr/team/app"}, "names no tag or digest")
+	cli.fails(t, 2, []string{"index", "--chunk-size", "0", "s3://" + bucket + "/ecr/team/app:v1"}, "--chunk-size 0")
+	cli.fails(t, 2, []string{"index"}, "takes 1 argument")
+
+	st := store.New(e.Client(t), bucket, store.WithPrefix("ecr"))
+	im := testenv.NewImage(t, testenv.HostPlatform(),
+		[]testenv.File{{Name: "a", Data: pseudoRandom(13, 100000)}},
+		[]testenv.File{{Name: "b", Data: []byte("b")}})
+	testenv.PutImage(t, st, "team/app", im)
+	if err := st.Tag(context.Background(), "team/app", "v1", im.Digest); err != nil {
+		t.Fatal(err)
+	}
+	cli.fails(t, 1, []string{"index", "s3://" + bucket + "/ecr/team/app:nope"}, "not found")
+
+	bad, good := digest.FromBytes(im.Layers[0]), digest.FromBytes(im.Layers[1])
+	key := "ecr/docker/registry/v2/blobs/sha256/" + bad.Encoded()[:2] + "/" + bad.Encoded() + "/data"
+	blob := readObject(t, e, bucket, key)
+	blob[len(blob)/2] ^= 0x01
+	putObject(t, e, bucket, key, blob)
+
+	out, errOut, code := cli.run(t, "index", "-o", "json", "s3://"+bucket+"/ecr/team/app:v1")
+	if code != 1 || !strings.Contains(errOut, bad.String()) {
+		t.Fatalf("index of a damaged layer: exit %d, want 1 naming %s\n%s", code, bad, errOut)
+	}
+	var doc indexOut
+	if err := json.Unmarshal([]byte(out), &doc); err != nil || doc.Failed != 1 || doc.Built != 1 {
+		t.Errorf("report %+v (%v), want 1 failed and 1 built", doc, err)
+	}
+	for _, obj := range []string{"toc", "data"} {
+		if _, err := st.StatExtra(context.Background(), lazy.Key(bad, obj)); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("damaged layer's index %s: %v, want nothing written", obj, err)
+		}
+	}
+	if ups := testenv.MultipartUploads(t, e.Client(t), bucket); len(ups) != 0 {
+		t.Errorf("%d unfinished multipart uploads left", len(ups))
+	}
+	if _, err := st.StatExtra(context.Background(), lazy.Key(good, "toc")); err != nil {
+		t.Errorf("the good layer has no TOC: %v", err)
 	}
 }

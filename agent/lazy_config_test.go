@@ -1,0 +1,32 @@
+package agent
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestLazyConfig(t *testing.T) {
+	const registry = "\n[[registry]]\nhost = \"registry.example.com\"\nstore = \"s3://bucket/prefix\"\n"
+	tests := []struct {
+		name    string
+		toml    string
+		enabled bool
+		err     error
+	}{
+		{"off by default", registry, false, nil},
+		{"on", "[lazy]\nenabled = true\n" + registry, true, nil},
+		{"unknown key", "[lazy]\nenable = true\n" + registry, false, ErrInvalidConfig},
+		{"not a bool", "[lazy]\nenabled = \"yes\"\n" + registry, false, ErrInvalidConfig},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(tc.toml))
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("parse: %v, want %v", err, tc.err)
+			}
+			if err == nil && cfg.Lazy.Enabled != tc.enabled {
+				t.Errorf("lazy enabled = %v, want %v", cfg.Lazy.Enabled, tc.enabled)
+			}
+		})
+	}
+}
