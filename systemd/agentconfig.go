@@ -21,6 +21,8 @@ type AgentSettings struct {
 	Socket     string
 	Mirror     string // mirror host:port
 	Metrics    string // metrics host:port
+	// Lazy turns on lazy (FUSE) mounts of layers that have an index.
+	Lazy bool
 }
 
 // render writes the settings as a commented config file.
@@ -41,6 +43,9 @@ func (s AgentSettings) render() string {
 	if s.Metrics != "" {
 		b.WriteString("\n[metrics]\n")
 		kv("address", s.Metrics)
+	}
+	if s.Lazy {
+		b.WriteString("\n# Layers with a lazy-pull index (s3snap index) are mounted with FUSE and\n# read on demand.\n[lazy]\nenabled = true\n")
 	}
 	b.WriteString("\n# Credentials come from the AWS SDK's default chain (the instance role).\n[s3]\n")
 	kv("region", s.Region)

@@ -42,7 +42,7 @@ func testOptions(t *testing.T, root, ctrVersion string) Options {
 	}
 	return Options{
 		Root: root, Binary: bin, ContainerdVersion: ctrVersion,
-		Agent: &AgentSettings{Bucket: "images", Prefix: "ecr", Region: "us-east-1",
+		Agent: &AgentSettings{Bucket: "images", Prefix: "ecr", Region: "us-east-1", Lazy: true,
 			Registries: []string{"123456789012.dkr.ecr.us-east-1.amazonaws.com", "public.ecr.aws"}},
 	}
 }
@@ -94,6 +94,9 @@ func TestInstallIdempotentAndUninstall(t *testing.T) {
 			}
 			if got := first["etc/containerd/config.toml.pre-s3snap"]; !strings.HasSuffix(got, string(orig)) {
 				t.Errorf("backup is not the original config")
+			}
+			if got := first["etc/s3snap/config.toml"]; !strings.Contains(got, "[lazy]\nenabled = true") {
+				t.Errorf("--lazy not in the agent config:\n%s", got)
 			}
 			if got := first["etc/s3snap/config.toml"]; !strings.HasPrefix(got, "-rw-------") {
 				t.Errorf("agent config mode: %s", strings.SplitN(got, "\n", 2)[0])

@@ -153,6 +153,7 @@ func newInstallCmd(g *globals) *cobra.Command {
 	f.StringVar(&s.Root, "state-dir", "", "agent state directory (default "+agent.DefaultRoot+")")
 	f.StringVar(&s.Mirror, "mirror-address", "", "loopback mirror address (default "+agent.DefaultMirrorAddress+")")
 	f.StringVar(&s.Metrics, "metrics-address", "", "loopback metrics address (default "+agent.DefaultMetricsAddress+")")
+	f.BoolVar(&s.Lazy, "lazy", false, "turn on lazy (FUSE) mounts for layers indexed by 's3snap index'")
 	f.StringVar(&o.AgentConfigPath, "config", agent.DefaultConfigPath, "where the agent's config goes (node path)")
 	f.StringVar(&o.ContainerdConfig, "containerd-config", systemd.ContainerdCfg, "containerd's config (node path)")
 	f.StringVar(&o.ContainerdVersion, "containerd-version", "", "containerd version, e.g. 1.7 or 2.1 (default: ask the containerd binary in the root)")
