@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	"github.com/containerd/log"
@@ -46,10 +47,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	storeFunc := func(host string) []*store.Store {
-		if e, ok := stores[host]; ok {
-			return []*store.Store{e.store}
+		var out []*store.Store
+		for _, e := range stores[host] {
+			out = append(out, e.store)
 		}
-		return nil
+		return out
 	}
 
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
@@ -152,34 +154,70 @@ func Run(ctx context.Context, cfg Config) error {
 	return runErr
 }
 
-// storeEntry is one mapped registry host and its store.
+// storeEntry is one store of a mapped registry host.
 type storeEntry struct {
-	host  string
-	store *store.Store
+	host   string
+	region string // "" for a plain store
+	store  *store.Store
+	client *s3.Client
 }
 
-// openStores builds the S3 client, one fetcher and one store per mapped
-// registry host. It makes no S3 request (see /healthz for that).
-func openStores(ctx context.Context, cfg Config) (map[string]storeEntry, error) {
-	client, err := fetcher.NewClient(ctx, fetcher.ClientConfig{
-		Region:    cfg.S3.Region,
-		Endpoint:  cfg.S3.Endpoint,
-		Profile:   cfg.S3.Profile,
-		PathStyle: cfg.PathStyle(),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("s3 client: %w", err)
+// openStores builds, per mapped registry host, its stores in the order to
+// look in them: the node's own region's copy first, then the others in
+// config order. Each region's stores get a client (and fetcher) of that
+// region, as a bucket must be addressed in its own region; behind a custom
+// endpoint all share one. It makes no S3 request (see /healthz for that).
+func openStores(ctx context.Context, cfg Config) (map[string][]storeEntry, error) {
+	region := cfg.S3.Region
+	if cfg.Regional() {
+		if region = ownRegion(ctx, cfg); region == "" {
+			log.G(ctx).Warn("the node's region is unknown (set [s3] region or AWS_REGION): regional stores are tried in config order")
+		} else {
+			log.G(ctx).WithField("region", region).Info("node region")
+		}
 	}
-	f := fetcher.New(client, fetcher.WithPartSize(int64(cfg.Fetch.PartSize)), fetcher.WithConcurrency(cfg.Fetch.Concurrency))
-	stores := map[string]storeEntry{}
+	type clientFetcher struct {
+		client *s3.Client
+		f      *fetcher.Fetcher
+	}
+	clients := map[string]clientFetcher{}
+	clientFor := func(signing string) (clientFetcher, error) {
+		if c, ok := clients[signing]; ok {
+			return c, nil
+		}
+		client, err := fetcher.NewClient(ctx, fetcher.ClientConfig{
+			Region:    signing,
+			Endpoint:  cfg.S3.Endpoint,
+			Profile:   cfg.S3.Profile,
+			PathStyle: cfg.PathStyle(),
+		})
+		if err != nil {
+			return clientFetcher{}, fmt.Errorf("s3 client: %w", err)
+		}
+		c := clientFetcher{client, fetcher.New(client, fetcher.WithPartSize(int64(cfg.Fetch.PartSize)), fetcher.WithConcurrency(cfg.Fetch.Concurrency))}
+		clients[signing] = c
+		return c, nil
+	}
+	oneEndpoint := customEndpoint(cfg)
+	stores := map[string][]storeEntry{}
 	for _, r := range cfg.Registry {
-		u, err := r.StoreURL()
+		locs, err := r.StoresFor(region)
 		if err != nil {
 			return nil, fmt.Errorf("registry %s: %w", r.Host, err)
 		}
-		st := store.New(client, u.Bucket, store.WithPrefix(u.Path), store.WithFetcher(f))
-		stores[r.Host] = storeEntry{host: r.Host, store: st}
-		log.G(ctx).WithField("registry", r.Host).WithField("store", st.URL()).Info("mirroring registry from s3")
+		for i, l := range locs {
+			signing := region
+			if l.Region != "" && !oneEndpoint {
+				signing = l.Region
+			}
+			c, err := clientFor(signing)
+			if err != nil {
+				return nil, err
+			}
+			st := store.New(c.client, l.URL.Bucket, store.WithPrefix(l.URL.Path), store.WithFetcher(c.f))
+			stores[r.Host] = append(stores[r.Host], storeEntry{host: r.Host, region: l.Region, store: st, client: c.client})
+			log.G(ctx).WithFields(log.Fields{"registry": r.Host, "store": st.URL(), "region": l.Region, "order": i + 1}).Info("mirroring registry from s3")
+		}
 	}
 	return stores, nil
 }

@@ -85,13 +85,23 @@ type FetchConfig struct {
 }
 
 // RegistryConfig is one [[registry]] entry: images of registry Host are
-// looked for in Store.
+// looked for in Store, or, for a bucket replicated to several regions (S3
+// Cross-Region Replication), in the node's own region's copy first, then
+// in the others. The regional copies are given either as a table, Stores,
+// or as a Store pattern with {region} in it plus the Regions it stands for.
 type RegistryConfig struct {
 	// Host is the registry host as image references name it, with its
 	// port if any: 123456789012.dkr.ecr.us-east-1.amazonaws.com.
 	Host string `toml:"host"`
-	// Store is s3://bucket[/prefix]; the prefix is taken as written.
+	// Store is s3://bucket[/prefix]; the prefix is taken as written. With
+	// Regions it is a pattern: s3://images-{region}/prefix.
 	Store string `toml:"store"`
+	// Stores maps regions to their copies of the store, tried (after the
+	// node's own region) in the order written:
+	// stores = { "us-east-1" = "s3://imgs-use1/p", "eu-west-1" = "s3://imgs-euw1/p" }.
+	Stores RegionStores `toml:"stores"`
+	// Regions lists, in order, the regions a Store pattern stands for.
+	Regions []string `toml:"regions"`
 }
 
 // Default returns the config with every default filled in and no registry.
@@ -125,7 +135,9 @@ var ErrInvalidConfig = errors.New("invalid config")
 // defaults and validates it.
 func Parse(b []byte) (Config, error) {
 	cfg := Default()
-	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields()
+	// The unmarshaler interface is for RegionStores, which keeps the
+	// order a stores table is written in.
+	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields().EnableUnmarshalerInterface()
 	if err := dec.Decode(&cfg); err != nil {
 		var strict *toml.StrictMissingError
 		var de *toml.DecodeError
@@ -191,8 +203,8 @@ func (c *Config) Validate() error {
 			bad("%s host %q: mapped twice", where, r.Host)
 		}
 		seen[r.Host] = true
-		if _, err := r.StoreURL(); err != nil {
-			bad("%s store: %w", where, err)
+		if _, err := r.Locations(); err != nil {
+			bad("%s: %w", where, err)
 		}
 	}
 	if len(errs) > 0 {
@@ -227,14 +239,18 @@ func validateHost(h string) error {
 }
 
 // StoreURL parses Store, which must be s3://bucket[/prefix] with no tag or
-// digest.
+// digest. For an entry with regional stores, see Locations.
 func (r RegistryConfig) StoreURL() (store.URL, error) {
-	u, err := store.ParseURL(r.Store)
+	return parseStore(r.Store)
+}
+
+func parseStore(s string) (store.URL, error) {
+	u, err := store.ParseURL(s)
 	if err != nil {
 		return store.URL{}, err
 	}
 	if u.Tag != "" || u.Digest != "" {
-		return store.URL{}, fmt.Errorf("%q: a store is s3://bucket[/prefix], without a tag or digest", r.Store)
+		return store.URL{}, fmt.Errorf("%q: a store is s3://bucket[/prefix], without a tag or digest", s)
 	}
 	return u, nil
 }

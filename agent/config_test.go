@@ -194,3 +194,104 @@ func TestContainerdConfig(t *testing.T) {
 		t.Errorf("hosts.toml:\n%s", hosts)
 	}
 }
+
+// regional wraps registry lines into a config with a host.
+func regional(lines string) string {
+	return "[[registry]]\nhost = \"123456789012.dkr.ecr.us-east-1.amazonaws.com\"\n" + lines + "\n"
+}
+
+// TestParseRegionalStores: each way of writing a registry's stores gives
+// its locations in the order written, and a node in a region looks in that
+// region's store first, then the others in that order; a node in a region
+// with no store (or an unknown one) keeps the written order.
+func TestParseRegionalStores(t *testing.T) {
+	const euw1, use1, aps1 = "eu-west-1", "us-east-1", "ap-south-1"
+	for _, tc := range []struct {
+		name   string
+		lines  string
+		region string
+		want   []string // region=s3://bucket/prefix, in lookup order
+	}{
+		{"plain store", `store = "s3://images/ecr"`, use1, []string{"=s3://images/ecr"}},
+		{"plain store, region unknown", `store = "s3://images"`, "", []string{"=s3://images"}},
+		{"table, own region first", `stores = { "us-east-1" = "s3://imgs-use1/p", "eu-west-1" = "s3://imgs-euw1/p", "ap-south-1" = "s3://imgs-aps1" }`, euw1,
+			[]string{"eu-west-1=s3://imgs-euw1/p", "us-east-1=s3://imgs-use1/p", "ap-south-1=s3://imgs-aps1"}},
+		{"table, order kept for the rest", `stores = { "ap-south-1" = "s3://a", "eu-west-1" = "s3://e", "us-east-1" = "s3://u" }`, use1,
+			[]string{"us-east-1=s3://u", "ap-south-1=s3://a", "eu-west-1=s3://e"}},
+		{"table, own region already first", `stores = { "us-east-1" = "s3://u", "eu-west-1" = "s3://e" }`, use1,
+			[]string{"us-east-1=s3://u", "eu-west-1=s3://e"}},
+		{"table, region not listed", `stores = { "us-east-1" = "s3://u", "eu-west-1" = "s3://e" }`, aps1,
+			[]string{"us-east-1=s3://u", "eu-west-1=s3://e"}},
+		{"table, region unknown", `stores = { "eu-west-1" = "s3://e", "us-east-1" = "s3://u" }`, "",
+			[]string{"eu-west-1=s3://e", "us-east-1=s3://u"}},
+		{"sub-table", "[registry.stores]\n\"eu-west-1\" = \"s3://e/p\"\nus-east-1 = 's3://u/p'", use1,
+			[]string{"us-east-1=s3://u/p", "eu-west-1=s3://e/p"}},
+		{"pattern", "store = \"s3://images-{region}/prefix\"\nregions = [\"us-east-1\", \"eu-west-1\", \"ap-south-1\"]", aps1,
+			[]string{"ap-south-1=s3://images-ap-south-1/prefix", "us-east-1=s3://images-us-east-1/prefix", "eu-west-1=s3://images-eu-west-1/prefix"}},
+		{"pattern in the prefix", "store = \"s3://images/{region}/ecr\"\nregions = [\"eu-west-1\", \"us-east-1\"]", use1,
+			[]string{"us-east-1=s3://images/us-east-1/ecr", "eu-west-1=s3://images/eu-west-1/ecr"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(regional(tc.lines)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			locs, err := cfg.Registry[0].StoresFor(tc.region)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, l := range locs {
+				got = append(got, l.Region+"="+l.URL.String())
+			}
+			if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+				t.Errorf("stores for a node in %q:\n got %v\nwant %v", tc.region, got, tc.want)
+			}
+			if wantRegional := tc.want[0][0] != '='; cfg.Regional() != wantRegional {
+				t.Errorf("Regional() = %v, want %v", cfg.Regional(), wantRegional)
+			}
+		})
+	}
+}
+
+// TestParseRegionalErrors: every way of getting regional stores wrong is
+// an ErrInvalidConfig naming the entry and the problem.
+func TestParseRegionalErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, lines, want string
+	}{
+		{"unknown placeholder", "store = \"s3://images-{zone}/p\"\nregions = [\"us-east-1\"]", "unknown placeholder {zone}"},
+		{"misspelt placeholder", "store = \"s3://images-{Region}\"\nregions = [\"us-east-1\"]", "unknown placeholder {Region}"},
+		{"unbalanced brace", "store = \"s3://images-{region/p\"\nregions = [\"us-east-1\"]", "unbalanced"},
+		{"pattern without regions", `store = "s3://images-{region}/p"`, "has no regions"},
+		{"regions without pattern", "store = \"s3://images/p\"\nregions = [\"us-east-1\"]", "no {region} placeholder"},
+		{"regions with a table", "stores = { \"us-east-1\" = \"s3://u\" }\nregions = [\"us-east-1\"]", "regions is for a store pattern"},
+		{"store and stores", "store = \"s3://b\"\nstores = { \"us-east-1\" = \"s3://u\" }", "both store and stores"},
+		{"neither", `regions = []`, "no store"},
+		{"region with no store", `stores = { "us-east-1" = "s3://u", "eu-west-1" = "" }`, `region "eu-west-1" has no store`},
+		{"empty table", `stores = {}`, "empty table"},
+		{"bad region in table", `stores = { "us-east1" = "s3://u" }`, `region "us-east1": not an AWS region name`},
+		{"bad region in list", "store = \"s3://i-{region}\"\nregions = [\"US-EAST-1\"]", `region "US-EAST-1"`},
+		{"region twice in list", "store = \"s3://i-{region}\"\nregions = [\"us-east-1\", \"us-east-1\"]", "listed twice"},
+		{"bad store in table", `stores = { "us-east-1" = "https://u" }`, "region us-east-1 store"},
+		{"tag in table store", `stores = { "us-east-1" = "s3://u/p/app:v1" }`, "without a tag"},
+		{"pattern makes a bad bucket", "store = \"s3://{region}_images\"\nregions = [\"us-east-1\"]", "region us-east-1 store"},
+		{"placeholder in a table", `stores = { "us-east-1" = "s3://i-{region}" }`, "placeholders belong in a store pattern"},
+		{"stores not a table", `stores = "s3://u"`, "for one store write store ="},
+		{"store value not a string", `stores = { "us-east-1" = 1 }`, "want a store as a string"},
+		{"dotted region key", `stores = { us-east-1.x = "s3://u" }`, "want a region name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(regional(tc.lines)))
+			if err == nil {
+				t.Fatalf("no error, want one containing %q", tc.want)
+			}
+			if !errors.Is(err, ErrInvalidConfig) {
+				t.Errorf("error does not wrap ErrInvalidConfig: %v", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not mention %q", err, tc.want)
+			}
+		})
+	}
+}
