@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc/codes"
@@ -156,30 +157,55 @@ func (r *run) s3(ctx context.Context) {
 	// The source names the provider, never the secret.
 	r.add(Check{Name: "aws credentials", Status: OK, Detail: fmt.Sprintf("from %s (region %s)", creds.Source, client.Options().Region)})
 
-	f := fetcher.New(client, fetcher.WithPartSize(int64(cfg.Fetch.PartSize)), fetcher.WithConcurrency(cfg.Fetch.Concurrency))
+	// One client per region: a regional store's bucket is addressed in its
+	// own region (behind a custom endpoint, the node's, as the agent does).
+	clients := map[string]*s3.Client{"": client}
+	clientFor := func(region string) (*s3.Client, error) {
+		if cfg.S3.Endpoint != "" || region == client.Options().Region {
+			region = ""
+		}
+		if c, ok := clients[region]; ok {
+			return c, nil
+		}
+		c, err := fetcher.NewClient(cctx, fetcher.ClientConfig{Region: region, Endpoint: cfg.S3.Endpoint, Profile: cfg.S3.Profile, PathStyle: cfg.PathStyle()})
+		clients[region] = c
+		return c, err
+	}
 	var sample *store.Store
 	for _, reg := range cfg.Registry {
-		u, err := reg.StoreURL()
+		locs, err := reg.Locations()
 		if err != nil {
 			continue // the config check reported it
 		}
-		st := store.New(client, u.Bucket, store.WithPrefix(u.Path), store.WithFetcher(f))
-		name := "bucket " + st.URL()
-		bctx, cancel := r.ctx(ctx)
-		repos, err := st.ListRepositories(bctx)
-		cancel()
-		if err != nil {
-			r.add(Check{Name: name, Status: Fail, Detail: fmt.Sprintf("%s (for %s): %v", st.URL(), reg.Host, err),
-				Fix: "grant the node role s3:ListBucket and s3:GetObject on the bucket (docs/iam.md), and check the bucket name and region"})
-			continue
-		}
-		if len(repos) == 0 {
-			r.add(Check{Name: name, Status: Warn, Detail: fmt.Sprintf("%s (for %s) is readable but holds no images", st.URL(), reg.Host), Fix: "migrate images into it: s3snap migrate"})
-			continue
-		}
-		r.add(Check{Name: name, Status: OK, Detail: fmt.Sprintf("%s (for %s): readable, %d repositories", st.URL(), reg.Host, len(repos))})
-		if sample == nil {
-			sample = st
+		for _, loc := range locs {
+			c, err := clientFor(loc.Region)
+			if err != nil {
+				r.add(Check{Name: "bucket " + loc.URL.String(), Status: Fail, Detail: err.Error()})
+				continue
+			}
+			f := fetcher.New(c, fetcher.WithPartSize(int64(cfg.Fetch.PartSize)), fetcher.WithConcurrency(cfg.Fetch.Concurrency))
+			st := store.New(c, loc.URL.Bucket, store.WithPrefix(loc.URL.Path), store.WithFetcher(f))
+			name := "bucket " + st.URL()
+			where := reg.Host
+			if loc.Region != "" {
+				where += ", " + loc.Region
+			}
+			bctx, cancel := r.ctx(ctx)
+			repos, err := st.ListRepositories(bctx)
+			cancel()
+			if err != nil {
+				r.add(Check{Name: name, Status: Fail, Detail: fmt.Sprintf("%s (for %s): %v", st.URL(), where, err),
+					Fix: "grant the node role s3:ListBucket and s3:GetObject on the bucket (docs/iam/node-policy.json), and check the bucket name and region"})
+				continue
+			}
+			if len(repos) == 0 {
+				r.add(Check{Name: name, Status: Warn, Detail: fmt.Sprintf("%s (for %s) is readable but holds no images", st.URL(), where), Fix: "migrate images into it: s3snap migrate"})
+				continue
+			}
+			r.add(Check{Name: name, Status: OK, Detail: fmt.Sprintf("%s (for %s): readable, %d repositories", st.URL(), where, len(repos))})
+			if sample == nil {
+				sample = st
+			}
 		}
 	}
 	if sample == nil {
