@@ -83,8 +83,11 @@ func TestMigrateRetriesBusyRegistry(t *testing.T) {
 	e := testenv.S3(t)
 	fake, p, images := faultyECR(t, 4<<20)
 	tooMany := p.Add(faultproxy.Rule{Match: manifestGet, First: 2, Fault: faultproxy.Status, Status: http.StatusTooManyRequests, Code: "TOOMANYREQUESTS", RetryAfter: 1})
-	unavailable := p.Add(faultproxy.Rule{Match: blobGet(""), First: 3, Fault: faultproxy.Status, Status: http.StatusServiceUnavailable})
 	layer := digest.FromBytes(images["app/c"].Layers[1])
+	// The 503s spare the layer the reset is for: blobs are fetched
+	// concurrently, and a 503 on its first GET would use up the reset's turn.
+	otherBlob := func(r *http.Request) bool { return blobGet("")(r) && !blobGet(layer)(r) }
+	unavailable := p.Add(faultproxy.Rule{Match: otherBlob, First: 3, Fault: faultproxy.Status, Status: http.StatusServiceUnavailable})
 	reset := p.Add(faultproxy.Rule{Match: blobGet(layer), Nth: 1, Fault: faultproxy.Reset, After: 1 << 20})
 	cli := newMigrateCLI(t, e)
 	dst := "s3://" + e.NewBucket(t)
