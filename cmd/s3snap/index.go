@@ -50,25 +50,16 @@ stdout. The exit code is 1 if any layer failed.`,
 			if err != nil {
 				return err
 			}
-			if u.Tag == "" && u.Digest == "" {
-				return usagef("%s names no tag or digest: want s3://BUCKET[/PREFIX]/REPOSITORY:TAG or @sha256:DIGEST", u)
+			if err := checkImageURL(u); err != nil {
+				return err
 			}
 			if chunkSize <= 0 || chunkSize > lazy.MaxChunkSize {
 				return usagef("--chunk-size %d: want 1 to %d bytes", chunkSize, lazy.MaxChunkSize)
 			}
 			ctx := cmd.Context()
-			loc, err := g.locate(ctx, u, prefix.explicit(cmd), false)
+			loc, d, err := g.locateImage(ctx, u, prefix.explicit(cmd))
 			if err != nil {
 				return err
-			}
-			if loc.repo == "" {
-				return usagef("%s names no repository (the path is the store prefix %q)", u, loc.store.Prefix())
-			}
-			d := u.Digest
-			if d == "" {
-				if d, err = loc.store.Resolve(ctx, loc.repo, u.Tag); err != nil {
-					return err
-				}
 			}
 			start := time.Now()
 			progress := func(r lazy.Result) {

@@ -71,22 +71,13 @@ same summary.
 			if err != nil {
 				return err
 			}
-			if u.Tag == "" && u.Digest == "" {
-				return usagef("%s names no tag or digest: want s3://BUCKET[/PREFIX]/REPOSITORY:TAG or @sha256:DIGEST", u)
-			}
-			ctx := cmd.Context()
-			loc, err := g.locate(ctx, u, prefix.explicit(cmd), false)
-			if err != nil {
+			if err := checkImageURL(u); err != nil {
 				return err
 			}
-			if loc.repo == "" {
-				return usagef("%s names no repository (the path is the store prefix %q)", u, loc.store.Prefix())
-			}
-			d := u.Digest
-			if d == "" {
-				if d, err = loc.store.Resolve(ctx, loc.repo, u.Tag); err != nil {
-					return err
-				}
+			ctx := cmd.Context()
+			loc, d, err := g.locateImage(ctx, u, prefix.explicit(cmd))
+			if err != nil {
+				return err
 			}
 			m, err := loc.store.GetManifest(ctx, loc.repo, d)
 			if err != nil {

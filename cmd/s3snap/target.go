@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 
 	"github.com/s3snap/s3snap/store"
@@ -117,4 +118,31 @@ func layoutRoot(prefix string) string {
 		return "docker/registry/v2/"
 	}
 	return prefix + "/docker/registry/v2/"
+}
+
+// checkImageURL is a usage error unless u names one image: a tag or digest.
+func checkImageURL(u store.URL) error {
+	if u.Tag == "" && u.Digest == "" {
+		return usagef("%s names no tag or digest: want s3://BUCKET[/PREFIX]/REPOSITORY:TAG or @sha256:DIGEST", u)
+	}
+	return nil
+}
+
+// locateImage finds the store and repository of u, which names one image,
+// and the digest its tag resolves to (or its own digest).
+func (g *globals) locateImage(ctx context.Context, u store.URL, prefix *string) (*location, digest.Digest, error) {
+	loc, err := g.locate(ctx, u, prefix, false)
+	if err != nil {
+		return nil, "", err
+	}
+	if loc.repo == "" {
+		return nil, "", usagef("%s names no repository (the path is the store prefix %q)", u, loc.store.Prefix())
+	}
+	d := u.Digest
+	if d == "" {
+		if d, err = loc.store.Resolve(ctx, loc.repo, u.Tag); err != nil {
+			return nil, "", err
+		}
+	}
+	return loc, d, nil
 }
