@@ -99,6 +99,21 @@ func (s *Snapshotter) Close() error {
 	return s.Snapshotter.Close()
 }
 
+// Cleanup frees the disk of removed or abandoned snapshots (containerd's
+// garbage collector calls it). Declared here because the embedded
+// interface hides the overlay snapshotter's own, and without it such
+// directories (a snapshot whose removal failed, say one busy after a FUSE
+// unmount) would never be reclaimed.
+func (s *Snapshotter) Cleanup(ctx context.Context) error {
+	c, ok := s.Snapshotter.(snapshots.Cleaner)
+	if !ok {
+		return nil
+	}
+	return c.Cleanup(ctx)
+}
+
+var _ snapshots.Cleaner = (*Snapshotter)(nil)
+
 // Prepare creates an active snapshot, or, for a layer the bucket holds,
 // unpacks and commits it and returns ErrAlreadyExists.
 func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
