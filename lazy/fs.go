@@ -21,8 +21,8 @@ import (
 // and everything is cached by the kernel for as long as it is mounted: the
 // layer never changes. A read whose chunk cannot be fetched or fails
 // verification returns EIO, never data.
-func Mount(ctx context.Context, dir string, l *Layer) (*fuse.Server, error) {
-	root, err := Tree(l.toc)
+func Mount(ctx context.Context, dir string, l *Layer, treeOpts ...TreeOption) (*fuse.Server, error) {
+	root, err := Tree(l.toc, treeOpts...)
 	if err != nil {
 		return nil, err
 	}

@@ -48,7 +48,11 @@ func (n *Node) Names() []string {
 // whiteouts become 0:0 character devices or an opaque xattr, hard links
 // share the node of their target, which must be an earlier non-directory
 // entry of the same layer.
-func Tree(t *TOC) (*Node, error) {
+func Tree(t *TOC, opts ...TreeOption) (*Node, error) {
+	var o treeOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	ino := uint64(1)
 	newNode := func(e Entry) *Node {
 		ino++
@@ -72,7 +76,12 @@ func Tree(t *TOC) (*Node, error) {
 		for _, part := range strings.Split(p, "/") {
 			c := n.Children[part]
 			if c == nil {
-				c = newNode(Entry{Name: path.Join(n.Entry.Name, part), Type: TypeDir, Mode: 0o755})
+				name := path.Join(n.Entry.Name, part)
+				e := Entry{Name: name, Type: TypeDir, Mode: 0o755}
+				if a, ok := o.implicit[name]; ok {
+					e.Mode, e.UID, e.GID, e.ModTime, e.Xattrs = a.Mode&07777, a.UID, a.GID, a.ModTime, a.Xattrs
+				}
+				c = newNode(e)
 				n.Children[part] = c
 			} else if !c.IsDir() {
 				return nil, fmt.Errorf("%s: parent %s is not a directory: %w", p, c.Entry.Name, ErrInvalidIndex)
@@ -111,10 +120,14 @@ func Tree(t *TOC) (*Node, error) {
 			}
 			parent.Entry.Xattrs[OpaqueXattr] = []byte("y")
 			continue
-		case strings.HasPrefix(base, whiteoutMeta):
-			continue
 		case strings.HasPrefix(base, whiteoutPrefix):
+			// As containerd's applier: ".wh.NAME" hides NAME, even a
+			// ".wh..wh.x" (it makes a device ".wh.x"); a target that is
+			// not a name in this directory is an invalid archive.
 			name := base[len(whiteoutPrefix):]
+			if name == "" || name == "." || name == ".." {
+				return nil, fmt.Errorf("whiteout %q has no target: %w", e.Name, ErrInvalidIndex)
+			}
 			parent.Children[name] = newNode(Entry{
 				Name: path.Join(parent.Entry.Name, name), Type: TypeChar,
 				UID: e.UID, GID: e.GID, ModTime: e.ModTime,
@@ -130,6 +143,15 @@ func Tree(t *TOC) (*Node, error) {
 				target.Nlink++
 				parent.Children[base] = target
 			}
+			// The link's header sets the shared inode's owner, mode, time
+			// and xattrs, as containerd's applier does.
+			target.Entry.Mode, target.Entry.UID, target.Entry.GID, target.Entry.ModTime = e.Mode, e.UID, e.GID, e.ModTime
+			for k, v := range e.Xattrs {
+				if target.Entry.Xattrs == nil {
+					target.Entry.Xattrs = map[string][]byte{}
+				}
+				target.Entry.Xattrs[k] = v
+			}
 			continue
 		}
 		if old := parent.Children[base]; old != nil && old.IsDir() && e.Type == TypeDir {
@@ -142,6 +164,49 @@ func Tree(t *TOC) (*Node, error) {
 	}
 	countDirLinks(root)
 	return root, nil
+}
+
+// TreeOption adjusts how Tree builds a layer's tree.
+type TreeOption func(*treeOptions)
+
+type treeOptions struct {
+	implicit map[string]Entry
+}
+
+// WithImplicitDirs gives the directories the layer implies but does not
+// hold (see ImplicitDirs) the mode, owner, time and xattrs of attrs[name]
+// instead of root 0755: what containerd's applier copies from the same
+// directory in the lower layers.
+func WithImplicitDirs(attrs map[string]Entry) TreeOption {
+	return func(o *treeOptions) { o.implicit = attrs }
+}
+
+// ImplicitDirs returns the directories Tree creates for t without an
+// entry of their own (parents of entries), parents before children.
+func ImplicitDirs(t *TOC) []string {
+	explicit := map[string]bool{}
+	ancestors := map[string]bool{}
+	for _, e := range t.Entries {
+		if e.Type == TypeDir {
+			explicit[e.Name] = true
+		}
+		for d := path.Dir(e.Name); d != "." && d != "/" && d != "" && !ancestors[d]; d = path.Dir(d) {
+			ancestors[d] = true
+		}
+	}
+	var out []string
+	for d := range ancestors {
+		if !explicit[d] {
+			out = append(out, d)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if a, b := strings.Count(out[i], "/"), strings.Count(out[j], "/"); a != b {
+			return a < b
+		}
+		return out[i] < out[j]
+	})
+	return out
 }
 
 // countDirLinks sets each directory's link count: 2 plus its subdirectories.

@@ -14,7 +14,6 @@ import (
 type request struct {
 	chainID  string        // the snapshot to create (containerd.io/snapshot.ref)
 	layer    digest.Digest // compressed layer digest
-	diffID   digest.Digest // uncompressed digest, "" if not given
 	host     string        // registry host of the image reference
 	repo     string        // repository path within that host
 	manifest digest.Digest // image manifest digest, "" if not given
@@ -45,11 +44,6 @@ func parseRequest(labels map[string]string) (request, error) {
 	var err error
 	if r.layer, err = digest.Parse(l); err != nil {
 		return r, fmt.Errorf("layer digest label %q: %w", l, err)
-	}
-	if d := labels[snapshots.LabelSnapshotDiffID]; d != "" {
-		if r.diffID, err = digest.Parse(d); err != nil {
-			return r, fmt.Errorf("diff id label %q: %w", d, err)
-		}
 	}
 	if d := labels[snapshotters.TargetManifestDigestLabel]; d != "" {
 		if r.manifest, err = digest.Parse(d); err != nil {

@@ -2,7 +2,6 @@ package snapshotter
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/continuity"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -51,6 +51,9 @@ type lazyRecord struct {
 	Host  string        `json:"host"`  // the registry host, to find its stores
 	Store string        `json:"store"` // the store the index came from
 	Dir   string        `json:"dir"`   // the snapshot's upper directory: the mount point
+	// Dirs are the attributes of the directories the layer implies but
+	// does not hold, taken from the parent chain when it was provided.
+	Dirs map[string]lazy.Entry `json:"dirs,omitempty"`
 }
 
 type lazyMount struct {
@@ -71,6 +74,12 @@ type lazyMounts struct {
 	mu      sync.Mutex
 	mounts  map[string]*lazyMount    // by snapshot name
 	pending map[string]chan struct{} // chain IDs being provided
+	// unavailable are committed lazy snapshots that are not mounted (yet):
+	// being mounted, or a remount failed and is being retried. Their
+	// directories must never be shown, so no mount of a chain holding one
+	// is handed out meanwhile.
+	unavailable map[string]unmounted
+	retrying    bool // a retry loop is running
 }
 
 // hasLazyMounts reports whether an earlier run left lazy mounts to restore:
@@ -96,6 +105,7 @@ func newLazyMounts(ctx context.Context, root string, o lazyOptions) (*lazyMounts
 		ctx: ctx, dir: dir, opts: o, cache: cache,
 		prefetch: make(chan struct{}, max(o.prefetchJobs, 1)),
 		mounts:   map[string]*lazyMount{}, pending: map[string]chan struct{}{},
+		unavailable: map[string]unmounted{},
 	}, nil
 }
 
@@ -125,8 +135,8 @@ func (l *lazyMounts) claim(ctx context.Context, chainID string) (release func(),
 	}
 }
 
-// tryLazy provides r with a lazy mount if the bucket has the layer's
-// index; false means the layer is to be unpacked as usual.
+// tryLazy provides r with a lazy mount if the bucket has a sound index
+// for the layer; false means the layer is to be unpacked as usual.
 func (s *Snapshotter) tryLazy(ctx context.Context, r request, parent string, labels map[string]string) bool {
 	if !s.lazy.opts.enabled {
 		return false
@@ -137,6 +147,10 @@ func (s *Snapshotter) tryLazy(ctx context.Context, r request, parent string, lab
 		return true
 	case errors.Is(err, lazy.ErrNoIndex):
 		log.G(ctx).WithField("layer", r.layer).Debug("no lazy index; unpacking the layer")
+	case errors.Is(err, lazy.ErrInvalidIndex), errors.Is(err, lazy.ErrUnsafePath), errors.Is(err, ErrChainMismatch):
+		lazyFallbacks.Inc()
+		fallbacks.WithLabelValues("bad_index").Inc()
+		log.G(ctx).WithError(err).WithField("layer", r.layer).WithField("image", r.host+"/"+r.repo).Warn("bad lazy index; unpacking the layer")
 	default:
 		lazyFallbacks.Inc()
 		log.G(ctx).WithError(err).WithField("layer", r.layer).Warn("lazy mount failed; unpacking the layer")
@@ -146,7 +160,10 @@ func (s *Snapshotter) tryLazy(ctx context.Context, r request, parent string, lab
 
 // provideLazy makes r.chainID a committed snapshot backed by a lazy mount
 // of the layer's index. An error wrapping lazy.ErrNoIndex means there is
-// none; any error means nothing was left behind.
+// none; any error means nothing was left behind. Everything read from the
+// bucket is checked before anything changes on disk: the TOC is validated
+// as it is decoded, its diff ID must make the chain ID containerd asked
+// for, and the file tree is built once before mounting.
 func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string, labels map[string]string) (retErr error) {
 	l := s.lazy
 	start := time.Now()
@@ -177,15 +194,19 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 	if st == nil {
 		return err
 	}
-	if r.diffID != "" && toc.DiffID != r.diffID {
-		return fmt.Errorf("lazy index of %s says diff id %s, the image %s: %w", r.layer, toc.DiffID, r.diffID, ErrDiffIDMismatch)
+	if err := checkChain(parent, toc.DiffID, r.chainID); err != nil {
+		return fmt.Errorf("lazy index of %s: %w", r.layer, err)
 	}
 	fetched := time.Since(start)
-	if _, err := lazy.Tree(toc); err != nil {
-		return err // checked before anything changes
-	}
-	if err := writeFileAtomic(l.tocPath(r.layer), raw); err != nil {
+	dirs, err := s.implicitDirAttrs(ctx, parent, toc)
+	if err != nil {
 		return err
+	}
+	if _, err := lazy.Tree(toc, lazy.WithImplicitDirs(dirs)); err != nil {
+		return err
+	}
+	if err := continuity.AtomicWriteFile(l.tocPath(r.layer), raw, 0o600); err != nil {
+		return fmt.Errorf("keep toc of %s: %w", r.layer, err)
 	}
 
 	key := stagePrefix + "lazy-" + r.layer.Encoded() + "-" + uniquePart()
@@ -198,13 +219,15 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 		s.remove(ctx, key)
 		return err
 	}
-	rec := lazyRecord{Name: r.chainID, Layer: r.layer, Host: r.host, Store: st.URL(), Dir: dir}
+	rec := lazyRecord{Name: r.chainID, Layer: r.layer, Host: r.host, Store: st.URL(), Dir: dir, Dirs: dirs}
 	// Recorded before the commit: a crash after it still finds the mount
-	// to restore; one before it leaves a record restore drops.
+	// to restore; one before it leaves a record restore drops. Until it is
+	// mounted, no mount of a chain holding it is handed out.
 	if err := l.writeRecord(rec); err != nil {
 		s.remove(ctx, key)
 		return err
 	}
+	l.setUnavailable(rec, errors.New("being mounted"))
 	commitLabels := map[string]string{labelLazyLayer: r.layer.String()}
 	for k, v := range labels {
 		commitLabels[k] = v
@@ -216,6 +239,7 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 	if err := s.Snapshotter.Commit(ctx, r.chainID, key, commitOpts...); err != nil {
 		s.remove(ctx, key)
 		l.removeRecord(r.chainID)
+		l.setAvailable(r.chainID)
 		if errdefs.IsAlreadyExists(err) {
 			return nil
 		}
@@ -225,6 +249,7 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 	if _, err := l.mount(rec, toc, st); err != nil {
 		s.remove(ctx, r.chainID)
 		l.removeRecord(r.chainID)
+		l.setAvailable(r.chainID)
 		return err
 	}
 	lazyLayers.Inc()
@@ -235,11 +260,22 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 	return nil
 }
 
-// mount mounts rec's layer and starts prefetching it. st may be nil (the
-// registry is no longer mapped): then only cached chunks can be read.
-func (l *lazyMounts) mount(rec lazyRecord, toc *lazy.TOC, st *store.Store) (*lazyMount, error) {
+// mount mounts rec's layer and starts prefetching it; once mounted, the
+// layer is available. st may be nil (the registry is no longer mapped):
+// then only cached chunks can be read.
+func (l *lazyMounts) mount(rec lazyRecord, toc *lazy.TOC, st *store.Store) (_ *lazyMount, retErr error) {
 	ctx, cancel := context.WithCancel(l.ctx)
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("layer", rec.Layer))
+	defer func() {
+		// The index was validated, but the agent must outlive anything a
+		// mount of untrusted input could still trip over.
+		if p := recover(); p != nil {
+			retErr = fmt.Errorf("mount lazy layer %s: panic: %v: %w", rec.Layer, p, lazy.ErrInvalidIndex)
+		}
+		if retErr != nil {
+			cancel()
+		}
+	}()
 	open := func() (io.ReaderAt, error) {
 		return nil, fmt.Errorf("layer %s: registry %s is not mapped to a store", rec.Layer, rec.Host)
 	}
@@ -249,14 +285,17 @@ func (l *lazyMounts) mount(rec lazyRecord, toc *lazy.TOC, st *store.Store) (*laz
 	m := &lazyMount{rec: rec, layer: lazy.NewLayer(toc, l.cache, open), cancel: cancel}
 	// A mount left by an agent that was killed answers nothing: drop it.
 	_ = unix.Unmount(rec.Dir, unix.MNT_DETACH)
-	srv, err := lazy.Mount(ctx, rec.Dir, m.layer)
+	if err := os.MkdirAll(rec.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("mount point of lazy layer %s: %w", rec.Layer, err)
+	}
+	srv, err := lazy.Mount(ctx, rec.Dir, m.layer, lazy.WithImplicitDirs(rec.Dirs))
 	if err != nil {
-		cancel()
 		return nil, err
 	}
 	m.srv = srv
 	l.mu.Lock()
 	l.mounts[rec.Name] = m
+	delete(l.unavailable, rec.Name)
 	l.mu.Unlock()
 	if st != nil && m.layer.CachedBytes() < toc.StreamSize() {
 		go l.runPrefetch(ctx, m)
@@ -296,9 +335,17 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	l := s.lazy
 	l.mu.Lock()
 	m := l.mounts[key]
+	_, down := l.unavailable[key]
 	l.mu.Unlock()
 	if m == nil {
-		return s.Snapshotter.Remove(ctx, key)
+		if err := s.Snapshotter.Remove(ctx, key); err != nil {
+			return err
+		}
+		if down { // never shown, and now gone: stop retrying it
+			l.setAvailable(key)
+			l.removeRecord(key)
+		}
+		return nil
 	}
 	// A snapshot with children cannot go: let the overlay snapshotter say
 	// so before the mount is touched.
@@ -338,66 +385,6 @@ func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 	return s.Snapshotter.Usage(ctx, key)
 }
 
-// restore remounts every lazy snapshot a previous run committed.
-func (s *Snapshotter) restoreLazy(ctx context.Context) {
-	l := s.lazy
-	entries, err := os.ReadDir(filepath.Join(l.dir, "mounts"))
-	if err != nil {
-		log.G(ctx).WithError(err).Warn("lazy: read mount records")
-		return
-	}
-	for _, e := range entries {
-		rec, err := l.readRecord(e.Name())
-		if err != nil {
-			log.G(ctx).WithError(err).WithField("record", e.Name()).Warn("lazy: dropping unreadable mount record")
-			os.Remove(filepath.Join(l.dir, "mounts", e.Name()))
-			continue
-		}
-		info, err := s.Snapshotter.Stat(ctx, rec.Name)
-		if err != nil || info.Kind != snapshots.KindCommitted {
-			l.removeRecord(rec.Name) // never committed, or removed meanwhile
-			continue
-		}
-		if err := s.remountLazy(ctx, rec); err != nil {
-			lazyRestoreFailures.Inc()
-			log.G(ctx).WithError(err).WithField("snapshot", rec.Name).WithField("layer", rec.Layer).Error("lazy: cannot remount layer; its images need pulling again")
-		}
-	}
-}
-
-func (s *Snapshotter) remountLazy(ctx context.Context, rec lazyRecord) error {
-	l := s.lazy
-	var st *store.Store
-	stores := s.stores(rec.Host)
-	for _, c := range stores {
-		if c.URL() == rec.Store {
-			st = c
-		}
-	}
-	if st == nil && len(stores) > 0 {
-		st = stores[0]
-	}
-	var toc *lazy.TOC
-	raw, err := os.ReadFile(l.tocPath(rec.Layer))
-	if err == nil {
-		toc, err = lazy.DecodeTOC(raw)
-	}
-	if err != nil && st != nil {
-		log.G(ctx).WithError(err).WithField("layer", rec.Layer).Debug("lazy: no local toc, fetching it")
-		if toc, raw, err = lazy.FetchTOC(ctx, st, rec.Layer); err == nil {
-			err = writeFileAtomic(l.tocPath(rec.Layer), raw)
-		}
-	}
-	if err != nil {
-		return err
-	}
-	if toc.Layer != rec.Layer {
-		return fmt.Errorf("local toc of %s describes %s: %w", rec.Layer, toc.Layer, lazy.ErrInvalidIndex)
-	}
-	_, err = l.mount(rec, toc, st)
-	return err
-}
-
 // close unmounts every lazy layer (detaching those still in use).
 func (l *lazyMounts) close() {
 	l.mu.Lock()
@@ -410,64 +397,4 @@ func (l *lazyMounts) close() {
 		}
 	}
 	l.cache.Close()
-}
-
-func (l *lazyMounts) tocPath(layer digest.Digest) string {
-	return filepath.Join(l.dir, "toc", layer.Encoded())
-}
-
-func (l *lazyMounts) recordPath(name string) string {
-	return filepath.Join(l.dir, "mounts", digest.FromString(name).Encoded()+".json")
-}
-
-func (l *lazyMounts) writeRecord(rec lazyRecord) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	return writeFileAtomic(l.recordPath(rec.Name), b)
-}
-
-func (l *lazyMounts) readRecord(file string) (lazyRecord, error) {
-	var rec lazyRecord
-	b, err := os.ReadFile(filepath.Join(l.dir, "mounts", file))
-	if err != nil {
-		return rec, err
-	}
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return rec, err
-	}
-	if rec.Name == "" || rec.Layer.Validate() != nil || !filepath.IsAbs(rec.Dir) {
-		return rec, errors.New("incomplete record")
-	}
-	return rec, nil
-}
-
-func (l *lazyMounts) removeRecord(name string) {
-	if err := os.Remove(l.recordPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		log.G(l.ctx).WithError(err).Warn("lazy: remove mount record")
-	}
-}
-
-// writeFileAtomic writes b to path under a temporary name, then renames it.
-func writeFileAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

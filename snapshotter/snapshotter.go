@@ -123,6 +123,9 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 			return nil, err
 		}
 	}
+	if err := s.checkMounted(ctx, parent); err != nil {
+		return nil, err
+	}
 	r, err := parseRequest(base.Labels)
 	if err == nil {
 		err = s.provide(ctx, r, parent, base.Labels)
@@ -134,9 +137,26 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	return s.Snapshotter.Prepare(ctx, key, parent, opts...)
 }
 
+// admit decides whether staged layer sl may become chainID on top of
+// parent, and gives its implicit directories the parent's attributes.
+func (s *Snapshotter) admit(ctx context.Context, sl *staged, parent, chainID string) error {
+	if err := checkChain(parent, sl.diffID, chainID); err != nil {
+		return err
+	}
+	if len(sl.dirs) == 0 {
+		return nil
+	}
+	lowers, err := s.parentLowers(ctx, parent)
+	if err != nil {
+		return fmt.Errorf("parent %s: %w", parent, err)
+	}
+	return inheritDirs(sl.dir, sl.dirs, lowers)
+}
+
 // provide makes chain ID r.chainID exist as a committed snapshot from the
 // bucket. An error means containerd should pull the layer itself.
 func (s *Snapshotter) provide(ctx context.Context, r request, parent string, labels map[string]string) error {
+	s.retake(ctx, r.chainID)
 	if s.lazy != nil && s.tryLazy(ctx, r, parent, labels) {
 		return nil
 	}
@@ -160,9 +180,9 @@ func (s *Snapshotter) provide(ctx context.Context, r request, parent string, lab
 	if err != nil {
 		return err
 	}
-	if r.diffID != "" && sl.diffID != r.diffID {
+	if err := s.admit(ctx, sl, parent, r.chainID); err != nil {
 		s.remove(ctx, sl.key)
-		return fmt.Errorf("layer %s unpacks to %s, the image says %s: %w", r.layer, sl.diffID, r.diffID, ErrDiffIDMismatch)
+		return fmt.Errorf("layer %s: %w", r.layer, err)
 	}
 	commitLabels := map[string]string{}
 	for k, v := range labels {
@@ -201,7 +221,7 @@ func (s *Snapshotter) fallback(ctx context.Context, r request, err error) {
 		fallbacks.WithLabelValues("not_mirrored").Inc()
 	case errors.Is(err, errNotInBucket):
 		fallbacks.WithLabelValues("not_in_bucket").Inc()
-	case errors.Is(err, ErrDiffIDMismatch), errors.Is(err, store.ErrDigestMismatch), errors.Is(err, store.ErrSizeMismatch):
+	case errors.Is(err, ErrChainMismatch), errors.Is(err, store.ErrDigestMismatch), errors.Is(err, store.ErrSizeMismatch):
 		fallbacks.WithLabelValues("corrupt").Inc()
 	default:
 		fallbacks.WithLabelValues("error").Inc()

@@ -1,6 +1,7 @@
 package snapshotter
 
 import (
+	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -18,10 +19,6 @@ import (
 	"github.com/s3snap/s3snap/store"
 )
 
-// ErrDiffIDMismatch means a layer unpacked from the bucket does not have the
-// uncompressed digest the image config declares: it is never committed.
-var ErrDiffIDMismatch = errors.New("layer diff id mismatch")
-
 // stagePrefix names the active snapshots layers are unpacked into before
 // containerd asks for them; they have no parent until Commit rebases them.
 const stagePrefix = "s3snap-stage-"
@@ -29,6 +26,8 @@ const stagePrefix = "s3snap-stage-"
 // staged is a layer unpacked into an active, parentless snapshot.
 type staged struct {
 	key    string        // the active snapshot's key
+	dir    string        // its upper directory, holding the layer's files
+	dirs   []string      // implicit directories, to inherit from the parent
 	diffID digest.Digest // what the unpacked tar hashed to
 	bytes  int64         // compressed bytes fetched
 	store  string        // the store it came from, for metrics
@@ -70,14 +69,18 @@ func unpackLayer(ctx context.Context, sn snapshots.Snapshotter, st *store.Store,
 	defer ds.Close()
 	h := sha256.New()
 	tr := io.TeeReader(ds, h)
-	if _, err := archive.Apply(ctx, dir, tr, archive.WithConvertWhiteout(archive.OverlayConvertWhiteout)); err != nil {
-		return nil, fmt.Errorf("unpack layer %s: %w", d, err)
+	rec := newDirRecorder()
+	record := archive.WithFilter(func(hdr *tar.Header) (bool, error) {
+		return true, rec.add(hdr.Name, hdr.Typeflag == tar.TypeDir)
+	})
+	if _, err := archive.Apply(ctx, dir, tr, archive.WithConvertWhiteout(archive.OverlayConvertWhiteout), record); err != nil {
+		return nil, blobError(fmt.Errorf("unpack layer %s: %w", d, err), counted)
 	}
 	// The tar reader stops at the end-of-archive marker: hash the padding
 	// after it, and read the compressed stream to its end so the store's
 	// reader verifies the layer's digest.
 	if _, err := io.Copy(h, ds); err != nil {
-		return nil, fmt.Errorf("read layer %s: %w", d, err)
+		return nil, blobError(fmt.Errorf("read layer %s: %w", d, err), counted)
 	}
 	if _, err := io.Copy(io.Discard, counted); err != nil {
 		return nil, fmt.Errorf("read layer %s: %w", d, err)
@@ -85,7 +88,7 @@ func unpackLayer(ctx context.Context, sn snapshots.Snapshotter, st *store.Store,
 	if counted.n != info.Size {
 		return nil, fmt.Errorf("layer %s: read %d of %d bytes: %w", d, counted.n, info.Size, store.ErrSizeMismatch)
 	}
-	s := &staged{key: key, diffID: digest.NewDigest(digest.SHA256, h), bytes: counted.n, store: st.URL()}
+	s := &staged{key: key, dir: dir, dirs: rec.implicit(), diffID: digest.NewDigest(digest.SHA256, h), bytes: counted.n, store: st.URL()}
 	unpackSeconds.Observe(time.Since(start).Seconds())
 	log.G(ctx).WithField("layer", d).WithField("bytes", s.bytes).WithField("took", time.Since(start)).Debug("layer unpacked from s3")
 	return s, nil
@@ -98,6 +101,19 @@ func upperDir(mounts []mount.Mount) (string, error) {
 		return mounts[0].Source, nil
 	}
 	return "", fmt.Errorf("unexpected staging mounts %v: want one bind mount", mounts)
+}
+
+// blobError decides what an unpack or inflate failure was: the rest of
+// the compressed blob is read, so the store's reader checks its digest. A
+// blob that does not hash to its digest was damaged (a flipped byte that
+// gzip's checksum caught, say): the error then wraps the digest mismatch,
+// which nobody can forge, and not the codec's complaint. Otherwise the
+// layer is intact and err stands as it is.
+func blobError(err error, blob io.Reader) error {
+	if _, derr := io.Copy(io.Discard, blob); derr != nil && (errors.Is(derr, store.ErrDigestMismatch) || errors.Is(derr, store.ErrSizeMismatch)) {
+		return fmt.Errorf("%w (%w)", derr, err)
+	}
+	return err
 }
 
 type countingReader struct {

@@ -30,8 +30,9 @@ var (
 	// not in the store.
 	ErrNotFound = errors.New("not found")
 	// ErrDigestMismatch is returned when content does not hash to the digest
-	// it was stored or asked for under.
-	ErrDigestMismatch = errors.New("digest mismatch")
+	// it was stored or asked for under. It is the fetcher's own sentinel, so
+	// a mismatch found while reading is the same error as one found here.
+	ErrDigestMismatch = fetcher.ErrDigestMismatch
 	// ErrSizeMismatch is returned when content is not the size it claimed.
 	ErrSizeMismatch = errors.New("size mismatch")
 	// ErrInvalidName is returned for a malformed repository, tag or digest.

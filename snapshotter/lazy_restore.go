@@ -1,0 +1,370 @@
+package snapshotter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/continuity"
+	"github.com/containerd/continuity/sysx"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/s3snap/s3snap/lazy"
+	"github.com/s3snap/s3snap/store"
+)
+
+// A lazy snapshot's directory is only its mount point: unmounted, it is
+// empty, and an overlay stacked on it would show the layer's files gone
+// and the files it deletes back. So a lazy layer that is not mounted is
+// never presented. Its mount point is removed, so that even a mount
+// containerd made from older mounts fails (no such directory) rather than
+// show it empty; Prepare, View and Mounts of any chain that holds it fail
+// with an error naming the layer; and the agent retries the mount in the
+// background until it works or the snapshot is removed.
+
+// ErrLayerUnavailable means a chain holds a lazy layer that is not
+// mounted (its index or the bucket cannot be reached): nothing built on
+// it is handed out until the agent has mounted it again.
+var ErrLayerUnavailable = errors.New("lazy layer not mounted")
+
+// unmounted is a committed lazy snapshot waiting to be mounted.
+type unmounted struct {
+	rec lazyRecord
+	err error // why the last attempt failed
+}
+
+func (l *lazyMounts) setUnavailable(rec lazyRecord, err error) {
+	l.mu.Lock()
+	l.unavailable[rec.Name] = unmounted{rec: rec, err: err}
+	l.mu.Unlock()
+}
+
+func (l *lazyMounts) setAvailable(name string) {
+	l.mu.Lock()
+	delete(l.unavailable, name)
+	l.mu.Unlock()
+}
+
+// checkMounted fails if the chain ending at name (a snapshot's key or
+// name; "" is no chain) holds a lazy layer that is not mounted.
+func (s *Snapshotter) checkMounted(ctx context.Context, name string) error {
+	if s.lazy == nil || name == "" {
+		return nil
+	}
+	l := s.lazy
+	l.mu.Lock()
+	n := len(l.unavailable)
+	l.mu.Unlock()
+	if n == 0 {
+		return nil
+	}
+	for depth := 0; name != "" && depth < 1000; depth++ {
+		l.mu.Lock()
+		u, down := l.unavailable[name]
+		l.mu.Unlock()
+		if down {
+			return fmt.Errorf("snapshot %s (layer %s) cannot be mounted yet (%v), retrying: %w", name, u.rec.Layer, u.err, ErrLayerUnavailable)
+		}
+		info, err := s.Snapshotter.Stat(ctx, name)
+		if err != nil {
+			return nil // the overlay snapshotter reports it
+		}
+		name = info.Parent
+	}
+	return nil
+}
+
+// View checks the parent chain is whole before the overlay snapshotter
+// makes the view.
+func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	if err := s.checkMounted(ctx, parent); err != nil {
+		return nil, err
+	}
+	return s.Snapshotter.View(ctx, key, parent, opts...)
+}
+
+// Mounts checks the snapshot's chain is whole before returning its mounts.
+func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
+	if err := s.checkMounted(ctx, key); err != nil {
+		return nil, err
+	}
+	return s.Snapshotter.Mounts(ctx, key)
+}
+
+// restoreLazy remounts every lazy snapshot a previous run committed. One
+// that cannot be mounted now is kept from being shown and retried in the
+// background; nothing here can stop the agent from starting.
+func (s *Snapshotter) restoreLazy(ctx context.Context) {
+	l := s.lazy
+	entries, err := os.ReadDir(filepath.Join(l.dir, "mounts"))
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("lazy: read mount records")
+		return
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			os.Remove(filepath.Join(l.dir, "mounts", e.Name())) // an unfinished write
+			continue
+		}
+		rec, err := l.readRecord(e.Name())
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("record", e.Name()).Warn("lazy: dropping unreadable mount record")
+			os.Remove(filepath.Join(l.dir, "mounts", e.Name()))
+			continue
+		}
+		info, err := s.Snapshotter.Stat(ctx, rec.Name)
+		if err != nil || info.Kind != snapshots.KindCommitted {
+			l.removeRecord(rec.Name) // never committed, or removed meanwhile
+			continue
+		}
+		if err := s.remountLazy(ctx, rec); err != nil {
+			lazyRestoreFailures.Inc()
+			log.G(ctx).WithError(err).WithField("snapshot", rec.Name).WithField("layer", rec.Layer).Error("lazy: cannot remount layer; no container is given it until it is mounted, retrying")
+			l.hide(ctx, rec, err)
+		}
+	}
+	l.mu.Lock()
+	retry := len(l.unavailable) > 0 && !l.retrying
+	l.retrying = l.retrying || retry
+	l.mu.Unlock()
+	if retry {
+		go s.retryMounts(l.ctx)
+	}
+}
+
+// hide marks rec unavailable and takes its mount point away.
+func (l *lazyMounts) hide(ctx context.Context, rec lazyRecord, err error) {
+	l.setUnavailable(rec, err)
+	_ = unix.Unmount(rec.Dir, unix.MNT_DETACH)
+	if err := unix.Rmdir(rec.Dir); err != nil && !errors.Is(err, unix.ENOENT) {
+		log.G(ctx).WithError(err).WithField("dir", rec.Dir).Warn("lazy: cannot remove the mount point of an unmounted layer")
+	}
+}
+
+// retryMounts tries the unavailable lazy layers again, backing off from
+// one second to a minute, until none is left or the agent stops.
+func (s *Snapshotter) retryMounts(ctx context.Context) {
+	l := s.lazy
+	wait := time.Second
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		l.mu.Lock()
+		var todo []lazyRecord
+		for _, u := range l.unavailable {
+			todo = append(todo, u.rec)
+		}
+		if len(todo) == 0 {
+			l.retrying = false
+			l.mu.Unlock()
+			return
+		}
+		l.mu.Unlock()
+		for _, rec := range todo {
+			release, err := l.claim(ctx, rec.Name)
+			if err != nil {
+				return
+			}
+			if _, err := s.Snapshotter.Stat(ctx, rec.Name); errdefs.IsNotFound(err) {
+				l.setAvailable(rec.Name)
+				l.removeRecord(rec.Name)
+			} else if err := s.remountLazy(ctx, rec); err != nil {
+				l.setUnavailable(rec, err)
+				log.G(ctx).WithError(err).WithField("snapshot", rec.Name).WithField("layer", rec.Layer).WithField("retry_in", min(2*wait, time.Minute)).Warn("lazy: remount failed")
+			} else {
+				log.G(ctx).WithField("snapshot", rec.Name).WithField("layer", rec.Layer).Info("lazy: layer mounted again")
+			}
+			release()
+		}
+		wait = min(2*wait, time.Minute)
+	}
+}
+
+// remountLazy mounts rec's layer from its local TOC, or from the bucket's
+// when there is none. Either copy is validated again: the local one could
+// be damaged, and the bucket's is untrusted.
+func (s *Snapshotter) remountLazy(ctx context.Context, rec lazyRecord) (retErr error) {
+	l := s.lazy
+	var st *store.Store
+	stores := s.stores(rec.Host)
+	for _, c := range stores {
+		if c.URL() == rec.Store {
+			st = c
+		}
+	}
+	if st == nil && len(stores) > 0 {
+		st = stores[0]
+	}
+	var toc *lazy.TOC
+	raw, err := os.ReadFile(l.tocPath(rec.Layer))
+	if err == nil {
+		toc, err = lazy.DecodeTOC(raw)
+	}
+	if err != nil && st != nil {
+		log.G(ctx).WithError(err).WithField("layer", rec.Layer).Debug("lazy: no local toc, fetching it")
+		if toc, raw, err = lazy.FetchTOC(ctx, st, rec.Layer); err == nil {
+			err = continuity.AtomicWriteFile(l.tocPath(rec.Layer), raw, 0o600)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if toc.Layer != rec.Layer {
+		return fmt.Errorf("local toc of %s describes %s: %w", rec.Layer, toc.Layer, lazy.ErrInvalidIndex)
+	}
+	_, err = l.mount(rec, toc, st)
+	return err
+}
+
+// implicitDirAttrs looks up, in the parent chain, the directories toc's
+// layer implies without holding them, as containerd's applier does (see
+// parents.go): the attributes to give them in the lazy tree.
+func (s *Snapshotter) implicitDirAttrs(ctx context.Context, parent string, toc *lazy.TOC) (map[string]lazy.Entry, error) {
+	names := lazy.ImplicitDirs(toc)
+	if len(names) == 0 || parent == "" {
+		return nil, nil
+	}
+	lowers, err := s.parentLowers(ctx, parent)
+	if err != nil {
+		return nil, fmt.Errorf("parent %s: %w", parent, err)
+	}
+	explicit := map[string]*lazy.Entry{}
+	for i := range toc.Entries {
+		if e := &toc.Entries[i]; e.Type == lazy.TypeDir {
+			explicit[e.Name] = e
+		}
+	}
+	out := map[string]lazy.Entry{}
+	for _, name := range names {
+		p, fi, ok, err := lowerDir(lowers, name)
+		if err != nil {
+			return nil, fmt.Errorf("implicit directory %s: %w", name, err)
+		}
+		if !ok {
+			// A default directory, in the group of a setgid parent as
+			// mkdir(2) makes it under containerd's applier.
+			e := lazy.Entry{Name: name, Type: lazy.TypeDir, Mode: 0o755}
+			parent, found := out[path.Dir(name)]
+			if !found {
+				if x := explicit[path.Dir(name)]; x != nil {
+					parent, found = *x, true
+				}
+			}
+			if found && parent.Mode&unix.S_ISGID != 0 {
+				e.GID = parent.GID
+			}
+			out[name] = e
+			continue
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			continue
+		}
+		e := lazy.Entry{Name: name, Type: lazy.TypeDir, Mode: st.Mode & 07777, UID: int(st.Uid), GID: int(st.Gid), ModTime: fi.ModTime().UnixNano()}
+		if attrs, err := sysx.LListxattr(p); err == nil {
+			for _, a := range attrs {
+				if strings.HasPrefix(a, "trusted.") {
+					continue
+				}
+				if v, err := sysx.LGetxattr(p, a); err == nil {
+					if e.Xattrs == nil {
+						e.Xattrs = map[string][]byte{}
+					}
+					e.Xattrs[a] = v
+				}
+			}
+		}
+		out[name] = e
+	}
+	return out, nil
+}
+
+func (l *lazyMounts) tocPath(layer digest.Digest) string {
+	return filepath.Join(l.dir, "toc", layer.Encoded())
+}
+
+func (l *lazyMounts) recordPath(name string) string {
+	return filepath.Join(l.dir, "mounts", digest.FromString(name).Encoded()+".json")
+}
+
+func (l *lazyMounts) writeRecord(rec lazyRecord) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := continuity.AtomicWriteFile(l.recordPath(rec.Name), b, 0o600); err != nil {
+		return fmt.Errorf("lazy mount record: %w", err)
+	}
+	return nil
+}
+
+// readRecord reads a mount record; its mount point must be a snapshot
+// directory of this snapshotter, nothing else.
+func (l *lazyMounts) readRecord(file string) (lazyRecord, error) {
+	var rec lazyRecord
+	b, err := os.ReadFile(filepath.Join(l.dir, "mounts", file))
+	if err != nil {
+		return rec, err
+	}
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return rec, err
+	}
+	snaps := filepath.Join(filepath.Dir(l.dir), "snapshots") + string(filepath.Separator)
+	if rec.Name == "" || rec.Layer.Validate() != nil || filepath.Clean(rec.Dir) != rec.Dir ||
+		!strings.HasPrefix(rec.Dir, snaps) || filepath.Base(rec.Dir) != "fs" {
+		return rec, errors.New("incomplete record")
+	}
+	return rec, nil
+}
+
+func (l *lazyMounts) removeRecord(name string) {
+	if err := os.Remove(l.recordPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.G(l.ctx).WithError(err).Warn("lazy: remove mount record")
+	}
+}
+
+// retake gives a Prepare of chainID a second chance when that snapshot
+// is a lazy layer that could not be mounted: it is mounted now if it can
+// be, else removed when nothing is built on it, so the layer is provided
+// (or pulled) afresh instead of reported as present.
+func (s *Snapshotter) retake(ctx context.Context, chainID string) {
+	l := s.lazy
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	u, down := l.unavailable[chainID]
+	l.mu.Unlock()
+	if !down {
+		return
+	}
+	release, err := l.claim(ctx, chainID)
+	if err != nil {
+		return
+	}
+	defer release()
+	if err := s.remountLazy(ctx, u.rec); err == nil {
+		return
+	}
+	if err := s.Snapshotter.Remove(ctx, chainID); err != nil {
+		return // it has children: it stays unavailable and retried
+	}
+	l.setAvailable(chainID)
+	l.removeRecord(chainID)
+	log.G(ctx).WithField("snapshot", chainID).WithField("layer", u.rec.Layer).Info("lazy: removed a layer that could not be mounted; providing it again")
+}
