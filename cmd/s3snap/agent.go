@@ -28,6 +28,9 @@ The config file (TOML; unknown keys are errors):
 
   [mirror]
   address = "127.0.0.1:5050"            # loopback only (default)
+  spool_max_bytes = "2GiB"              # verified blobs on disk (default: 10% of root's fs, <= 4GiB);
+                                        # a larger blob gets a 503 and comes from the registry
+  max_concurrent_fetches = 8            # blobs read from S3 at once (default 8)
 
   [metrics]
   address = "127.0.0.1:5051"            # /metrics, /healthz; loopback only (default)
