@@ -119,6 +119,11 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 	}
 
+	for _, addr := range []string{cfg.Mirror.Address, cfg.Metrics.Address} {
+		if err := mirror.CheckPrivileged(addr, mirror.UnprivilegedPortStart()); err != nil {
+			log.G(ctx).WithError(err).Warn("listening on a port other users may bind: use one below 1024 (default " + DefaultMirrorAddress + ")")
+		}
+	}
 	log.G(ctx).WithFields(log.Fields{
 		"socket":     cfg.Socket,
 		"root":       cfg.Root,

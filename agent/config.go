@@ -21,10 +21,14 @@ import (
 
 // Defaults of the config file's settings.
 const (
-	DefaultRoot           = "/var/lib/s3snap"
-	DefaultSocket         = "/run/s3snap/s3snap.sock"
-	DefaultMirrorAddress  = "127.0.0.1:5050"
-	DefaultMetricsAddress = "127.0.0.1:5051"
+	DefaultRoot   = "/var/lib/s3snap"
+	DefaultSocket = "/run/s3snap/s3snap.sock"
+	// The mirror and metrics listen on privileged ports (below 1024), which
+	// only root (or CAP_NET_BIND_SERVICE) may bind: while the agent is down
+	// no other local user can take them to answer containerd's lookups
+	// with images of their own, or to keep the agent from starting.
+	DefaultMirrorAddress  = "127.0.0.1:505"
+	DefaultMetricsAddress = "127.0.0.1:506"
 	DefaultConfigPath     = "/etc/s3snap/config.toml"
 )
 

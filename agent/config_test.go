@@ -107,7 +107,7 @@ func TestParseErrors(t *testing.T) {
 		{"mirror on all interfaces", "[mirror]\naddress = \"0.0.0.0:5050\"\n" + reg, "[mirror] address"},
 		{"mirror without host", "[mirror]\naddress = \":5050\"\n" + reg, "loopback"},
 		{"metrics public", "[metrics]\naddress = \"10.1.2.3:9100\"\n" + reg, "[metrics] address"},
-		{"same address", "[metrics]\naddress = \"127.0.0.1:5050\"\n" + reg, "both listen"},
+		{"same address", "[metrics]\naddress = \"127.0.0.1:505\"\n" + reg, "both listen"},
 		{"tiny spool", "[mirror]\nspool_max_bytes = \"64KiB\"\n" + reg, "spool_max_bytes 65536"},
 		{"no fetches", "[mirror]\nmax_concurrent_fetches = 0\n" + reg, "max_concurrent_fetches 0"},
 		{"too many fetches", "[mirror]\nmax_concurrent_fetches = 100000\n" + reg, "max_concurrent_fetches 100000"},

@@ -16,6 +16,9 @@ const doctorLong = `Check this node's s3snap set-up, piece by piece, and say wha
 how to fix it:
 
   agent config        /etc/s3snap/config.toml parses and validates
+  agent ports         the mirror and metrics ports are below 1024 (below
+                      net.ipv4.ip_unprivileged_port_start), so no other
+                      user can take them while the agent is down (warning)
   containerd          running; its version; s3snap's proxy plugin loaded
   containerd config   the plugin at the agent's socket, s3snap as the CRI's
                       snapshotter, snapshot annotations enabled (1.7:
