@@ -215,6 +215,11 @@ func (r *run) s3(ctx context.Context) {
 			if sample == nil {
 				sample = st
 			}
+			if cfg.Lazy.Enabled {
+				lctx, cancel := r.ctx(ctx)
+				r.add(lazyIndex(lctx, c, st))
+				cancel()
+			}
 		}
 	}
 	if sample == nil {

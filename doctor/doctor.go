@@ -2,8 +2,9 @@
 // doctor` reports it: the agent's config, containerd (running, version,
 // s3snap's plugin loaded), containerd's config (plugin, CRI snapshotter,
 // snapshot annotations), hosts.toml files, the agent's ports (only root
-// may bind them), socket, mirror and health, the AWS credentials' source, each bucket, and one timed blob
-// fetch. Each failed check says what is wrong and how to fix it.
+// may bind them), socket, mirror and health, the AWS credentials' source,
+// each bucket (and, in lazy mode, one lazy index of each), and one timed
+// blob fetch. Each failed check says what is wrong and how to fix it.
 package doctor
 
 import (

@@ -31,6 +31,9 @@ how to fix it:
   aws credentials     where the SDK's default chain found credentials (never
                       the secret)
   bucket ...          each store's bucket lists (s3:ListBucket)
+  lazy index ...      with [lazy] enabled: one lazy-pull index of each store is
+                      found and read (fails if S3 denies it: lazy mode would
+                      never engage; warns if the bucket has none)
   blob fetch          one layer fetched, digest-verified and timed
 
 Every check runs even after one fails, so one run names every broken piece.
