@@ -87,7 +87,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	// Verified blob copies live beside the snapshots: same disk, root-only.
-	mirrorHandler, err := mirror.New(storeFunc, mirror.WithSpool(filepath.Join(cfg.Root, "mirror-spool"), 10*time.Minute))
+	mirrorHandler, err := mirror.New(storeFunc, mirror.WithSpool(filepath.Join(cfg.Root, "mirror-spool"), 10*time.Minute),
+		mirror.WithSpoolLimit(int64(cfg.Mirror.SpoolMaxBytes)), mirror.WithMaxFetches(cfg.Mirror.MaxConcurrentFetches))
 	if err != nil {
 		sock.Close()
 		mirrorL.Close()
@@ -118,6 +119,11 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 	}
 
+	for _, addr := range []string{cfg.Mirror.Address, cfg.Metrics.Address} {
+		if err := mirror.CheckPrivileged(addr, mirror.UnprivilegedPortStart()); err != nil {
+			log.G(ctx).WithError(err).Warn("listening on a port other users may bind: use one below 1024 (default " + DefaultMirrorAddress + ")")
+		}
+	}
 	log.G(ctx).WithFields(log.Fields{
 		"socket":     cfg.Socket,
 		"root":       cfg.Root,

@@ -21,10 +21,14 @@ import (
 
 // Defaults of the config file's settings.
 const (
-	DefaultRoot           = "/var/lib/s3snap"
-	DefaultSocket         = "/run/s3snap/s3snap.sock"
-	DefaultMirrorAddress  = "127.0.0.1:5050"
-	DefaultMetricsAddress = "127.0.0.1:5051"
+	DefaultRoot   = "/var/lib/s3snap"
+	DefaultSocket = "/run/s3snap/s3snap.sock"
+	// The mirror and metrics listen on privileged ports (below 1024), which
+	// only root (or CAP_NET_BIND_SERVICE) may bind: while the agent is down
+	// no other local user can take them to answer containerd's lookups
+	// with images of their own, or to keep the agent from starting.
+	DefaultMirrorAddress  = "127.0.0.1:505"
+	DefaultMetricsAddress = "127.0.0.1:506"
 	DefaultConfigPath     = "/etc/s3snap/config.toml"
 )
 
@@ -53,6 +57,14 @@ type LazyConfig struct {
 type MirrorConfig struct {
 	// Address is the loopback host:port of the registry mirror.
 	Address string `toml:"address"`
+	// SpoolMaxBytes bounds the disk the mirror's spool of verified blobs
+	// (<root>/mirror-spool) takes; 0 is a tenth of root's file system, at
+	// most 4GiB. A blob larger than this is refused (503): containerd
+	// fetches it from the registry.
+	SpoolMaxBytes Size `toml:"spool_max_bytes"`
+	// MaxConcurrentFetches bounds the blobs read from S3 into the spool at
+	// once; further requests wait.
+	MaxConcurrentFetches int `toml:"max_concurrent_fetches"`
 }
 
 // MetricsConfig is the [metrics] table.
@@ -109,7 +121,7 @@ func Default() Config {
 	return Config{
 		Root:    DefaultRoot,
 		Socket:  DefaultSocket,
-		Mirror:  MirrorConfig{Address: DefaultMirrorAddress},
+		Mirror:  MirrorConfig{Address: DefaultMirrorAddress, MaxConcurrentFetches: mirror.DefaultMaxFetches},
 		Metrics: MetricsConfig{Address: DefaultMetricsAddress},
 		Fetch:   FetchConfig{PartSize: fetcher.DefaultPartSize, Concurrency: fetcher.DefaultConcurrency, UnpackJobs: min(runtime.NumCPU(), 4)},
 	}
@@ -170,6 +182,12 @@ func (c *Config) Validate() error {
 	}
 	if err := mirror.CheckLoopback(c.Mirror.Address); err != nil {
 		bad("[mirror] address: %w", err)
+	}
+	if c.Mirror.SpoolMaxBytes != 0 && c.Mirror.SpoolMaxBytes < 1<<20 {
+		bad("[mirror] spool_max_bytes %d: want at least 1MiB, or 0 for a tenth of root's file system (at most 4GiB)", c.Mirror.SpoolMaxBytes)
+	}
+	if c.Mirror.MaxConcurrentFetches < 1 || c.Mirror.MaxConcurrentFetches > 256 {
+		bad("[mirror] max_concurrent_fetches %d: want 1 to 256", c.Mirror.MaxConcurrentFetches)
 	}
 	if err := mirror.CheckLoopback(c.Metrics.Address); err != nil {
 		bad("[metrics] address: %w", err)

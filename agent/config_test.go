@@ -14,6 +14,8 @@ socket = "/run/s3snap/s3snap.sock"
 
 [mirror]
 address = "127.0.0.1:6000"
+spool_max_bytes = "512MiB"
+max_concurrent_fetches = 3
 
 [metrics]
 address = "[::1]:6001"
@@ -44,6 +46,9 @@ func TestParseFull(t *testing.T) {
 	}
 	if cfg.Mirror.Address != "127.0.0.1:6000" || cfg.Metrics.Address != "[::1]:6001" {
 		t.Errorf("addresses: %+v %+v", cfg.Mirror, cfg.Metrics)
+	}
+	if cfg.Mirror.SpoolMaxBytes != 512<<20 || cfg.Mirror.MaxConcurrentFetches != 3 {
+		t.Errorf("mirror limits: %+v", cfg.Mirror)
 	}
 	if cfg.Fetch.PartSize != 4<<20 || cfg.Fetch.Concurrency != 32 {
 		t.Errorf("fetch: %+v", cfg.Fetch)
@@ -78,6 +83,10 @@ store = "s3://b/p"
 	if !cfg.PathStyle() {
 		t.Error("path style should default to true with an endpoint")
 	}
+	// 0: the mirror sizes the spool from root's file system.
+	if cfg.Mirror.SpoolMaxBytes != 0 || cfg.Mirror.MaxConcurrentFetches != 8 {
+		t.Errorf("mirror limits default to %+v, want spool 0 (auto) and 8 fetches", cfg.Mirror)
+	}
 }
 
 func TestParseErrors(t *testing.T) {
@@ -98,7 +107,11 @@ func TestParseErrors(t *testing.T) {
 		{"mirror on all interfaces", "[mirror]\naddress = \"0.0.0.0:5050\"\n" + reg, "[mirror] address"},
 		{"mirror without host", "[mirror]\naddress = \":5050\"\n" + reg, "loopback"},
 		{"metrics public", "[metrics]\naddress = \"10.1.2.3:9100\"\n" + reg, "[metrics] address"},
-		{"same address", "[metrics]\naddress = \"127.0.0.1:5050\"\n" + reg, "both listen"},
+		{"same address", "[metrics]\naddress = \"127.0.0.1:505\"\n" + reg, "both listen"},
+		{"tiny spool", "[mirror]\nspool_max_bytes = \"64KiB\"\n" + reg, "spool_max_bytes 65536"},
+		{"no fetches", "[mirror]\nmax_concurrent_fetches = 0\n" + reg, "max_concurrent_fetches 0"},
+		{"too many fetches", "[mirror]\nmax_concurrent_fetches = 100000\n" + reg, "max_concurrent_fetches 100000"},
+		{"spool typo", "[mirror]\nspool_max = \"1GiB\"\n" + reg, "spool_max"},
 		{"bad endpoint", "[s3]\nendpoint = \"s3.example.com\"\n" + reg, "endpoint"},
 		{"tiny part size", "[fetch]\npart_size = 1024\n" + reg, "part_size"},
 		{"bad part size unit", "[fetch]\npart_size = \"8 parsecs\"\n" + reg, "size \"8 parsecs\""},

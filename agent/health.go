@@ -12,8 +12,11 @@ import (
 // healthTimeout bounds one store's check.
 const healthTimeout = 5 * time.Second
 
-// health answers /healthz: 200 when every store's bucket can be listed,
-// 503 otherwise, with a JSON body naming each store and what failed.
+// health answers /healthz with a JSON body naming each store and what
+// failed: 200 "ok" when every store's bucket can be listed; 200 "degraded"
+// when some fail but every registry still has one that answers (its images
+// are read from that one: restarting the agent would only lose them); 503
+// "fail" when some registry has no store that answers.
 type health struct {
 	stores map[string][]storeEntry
 }
@@ -31,14 +34,25 @@ type StoreHealth struct {
 	Error  string `json:"error,omitempty"`
 }
 
+// Health statuses.
+const (
+	HealthOK       = "ok"
+	HealthDegraded = "degraded"
+	HealthFail     = "fail"
+)
+
 // Health is the /healthz body.
 type Health struct {
-	Status string        `json:"status"` // "ok" or "fail"
+	Status string        `json:"status"` // HealthOK, HealthDegraded or HealthFail
 	Stores []StoreHealth `json:"stores"`
+	// Failing lists the stores that failed, as registry=store.
+	Failing []string `json:"failing,omitempty"`
+	// Down lists the registries none of whose stores answered.
+	Down []string `json:"down,omitempty"`
 }
 
 func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	res := Health{Status: "ok"}
+	res := Health{Status: HealthOK}
 	var wg sync.WaitGroup
 	var entries []storeEntry
 	for _, es := range h.stores {
@@ -62,14 +76,43 @@ func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	wg.Wait()
 	// By registry, each one's stores in the order they are looked in.
 	sort.SliceStable(res.Stores, func(i, j int) bool { return res.Stores[i].Registry < res.Stores[j].Registry })
+	res.Status, res.Failing, res.Down = verdict(res.Stores)
 	status := http.StatusOK
-	for _, s := range res.Stores {
-		if !s.OK {
-			res.Status, status = "fail", http.StatusServiceUnavailable
-		}
+	if res.Status == HealthFail {
+		status = http.StatusServiceUnavailable
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(res)
+}
+
+// verdict is the overall status of stores (sorted by registry): fail when
+// some registry has no store that answers, degraded when some store fails
+// but every registry has one that answers, else ok. It also returns the
+// failing stores and the registries that are down.
+func verdict(stores []StoreHealth) (status string, failing, down []string) {
+	up := map[string]bool{}
+	var registries []string
+	for _, s := range stores {
+		if _, seen := up[s.Registry]; !seen {
+			registries = append(registries, s.Registry)
+		}
+		up[s.Registry] = up[s.Registry] || s.OK
+		if !s.OK {
+			failing = append(failing, s.Registry+"="+s.Store)
+		}
+	}
+	for _, r := range registries {
+		if !up[r] {
+			down = append(down, r)
+		}
+	}
+	switch {
+	case len(down) > 0:
+		return HealthFail, failing, down
+	case len(failing) > 0:
+		return HealthDegraded, failing, nil
+	}
+	return HealthOK, nil, nil
 }

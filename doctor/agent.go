@@ -125,8 +125,17 @@ func (r *run) health(ctx context.Context) {
 				errs = append(errs, s.Store+": "+s.Error)
 			}
 		}
-		r.add(Check{Name: name, Status: Fail, Detail: fmt.Sprintf("%s: HTTP %d: %s", url, code, strings.Join(errs, "; ")),
+		detail := fmt.Sprintf("%s: HTTP %d: %s", url, code, strings.Join(errs, "; "))
+		if len(h.Down) > 0 {
+			detail = fmt.Sprintf("%s: HTTP %d: no store answers for %s: %s", url, code, strings.Join(h.Down, ", "), strings.Join(errs, "; "))
+		}
+		r.add(Check{Name: name, Status: Fail, Detail: detail,
 			Fix: "the agent cannot read its bucket(s): see the bucket checks below"})
+		return
+	}
+	if h.Status == agent.HealthDegraded {
+		r.add(Check{Name: name, Status: Warn, Detail: fmt.Sprintf("%s: degraded: every registry is served, but these stores fail: %s", url, strings.Join(h.Failing, ", ")),
+			Fix: "images come from the other stores meanwhile: see the bucket checks below"})
 		return
 	}
 	r.add(Check{Name: name, Status: OK, Detail: fmt.Sprintf("%s: %d store(s) reachable", url, len(h.Stores))})
@@ -205,6 +214,11 @@ func (r *run) s3(ctx context.Context) {
 			r.add(Check{Name: name, Status: OK, Detail: fmt.Sprintf("%s (for %s): readable, %d repositories", st.URL(), where, len(repos))})
 			if sample == nil {
 				sample = st
+			}
+			if cfg.Lazy.Enabled {
+				lctx, cancel := r.ctx(ctx)
+				r.add(lazyIndex(lctx, c, st))
+				cancel()
 			}
 		}
 	}

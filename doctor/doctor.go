@@ -1,9 +1,10 @@
 // Package doctor checks a node's s3snap set-up piece by piece, as `s3snap
 // doctor` reports it: the agent's config, containerd (running, version,
 // s3snap's plugin loaded), containerd's config (plugin, CRI snapshotter,
-// snapshot annotations), hosts.toml files, the agent's socket, mirror and
-// health, the AWS credentials' source, each bucket, and one timed blob
-// fetch. Each failed check says what is wrong and how to fix it.
+// snapshot annotations), hosts.toml files, the agent's ports (only root
+// may bind them), socket, mirror and health, the AWS credentials' source,
+// each bucket (and, in lazy mode, one lazy index of each), and one timed
+// blob fetch. Each failed check says what is wrong and how to fix it.
 package doctor
 
 import (
@@ -104,6 +105,7 @@ func Run(ctx context.Context, o Options) *Report {
 	}
 	r := &run{o: o, report: &Report{Status: OK}}
 	r.agentConfig()
+	r.ports()
 	r.containerd(ctx)
 	r.containerdConfig()
 	r.hostsTOML()

@@ -209,10 +209,12 @@ func newInstalledNode(t *testing.T, stock []byte, ctrName string) *installedNode
 		ctrVersion = "1.7.27"
 	}
 	writeTreeFile(t, filepath.Join(n.root, systemd.ContainerdCfg), stock)
+	// Ports below 1024, as the defaults are: doctor warns about others.
+	ports := privilegedAddrs(t, 2)
 	install(t, "--root", n.root, "--bucket", n.bucket, "--prefix", "ecr",
 		"--registry", n.reg.Addr+"=http://"+n.reg.Addr, "--region", e.Region, "--endpoint", e.Endpoint,
 		"--socket", filepath.Join(state, "run", "s3snap.sock"), "--state-dir", filepath.Join(state, "root"),
-		"--mirror-address", testenv.FreeAddr(t), "--metrics-address", testenv.FreeAddr(t),
+		"--mirror-address", ports[0], "--metrics-address", ports[1],
 		"--hosts-dir", n.hostsDir, "--containerd-version", ctrVersion)
 	if err := os.Symlink(filepath.Join(n.root, n.hostsDir), n.hostsDir); err != nil {
 		t.Fatal(err)

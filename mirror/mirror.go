@@ -16,6 +16,14 @@
 // The bytes themselves are never trusted blindly: a blob is read whole and
 // verified against its digest into a local spool before its first byte is
 // sent, whole or by range; one that does not verify is a 503.
+//
+// Its resources are bounded: the spool holds at most a set number of bytes
+// (least recently used copies no one is reading make room for new ones; a
+// blob larger than the whole spool is refused with a 503, as it could not
+// be verified before its first byte), at most a set number of blobs are
+// read from S3 at once, and a fetch is cancelled as soon as every request
+// waiting for it has gone. Manifests and tag links are read whole only up
+// to the store's 4 MiB limit before they are parsed.
 package mirror
 
 import (
@@ -49,8 +57,10 @@ type Mirror struct {
 }
 
 type options struct {
-	spoolDir string
-	spoolTTL time.Duration
+	spoolDir   string
+	spoolTTL   time.Duration
+	spoolLimit int64
+	maxFetches int
 }
 
 // Option configures a Mirror.
@@ -63,11 +73,23 @@ func WithSpool(dir string, ttl time.Duration) Option {
 	return func(o *options) { o.spoolDir, o.spoolTTL = dir, ttl }
 }
 
+// WithSpoolLimit bounds the bytes the spool holds, copies and fetches
+// under way together (default, or limit <= 0: DefaultSpoolLimit of the
+// spool's directory).
+func WithSpoolLimit(limit int64) Option { return func(o *options) { o.spoolLimit = limit } }
+
+// WithMaxFetches bounds how many blobs are read from S3 into the spool at
+// once (default, or n <= 0: DefaultMaxFetches); further requests wait.
+func WithMaxFetches(n int) Option { return func(o *options) { o.maxFetches = n } }
+
 // New returns a Mirror answering from stores. It empties the spool.
 func New(stores StoreFunc, opts ...Option) (*Mirror, error) {
 	o := options{spoolDir: filepath.Join(os.TempDir(), "s3snap-mirror"), spoolTTL: 10 * time.Minute}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.maxFetches <= 0 {
+		o.maxFetches = DefaultMaxFetches
 	}
 	if err := os.RemoveAll(o.spoolDir); err != nil {
 		return nil, fmt.Errorf("empty mirror spool %s: %w", o.spoolDir, err)
@@ -75,7 +97,11 @@ func New(stores StoreFunc, opts ...Option) (*Mirror, error) {
 	if err := os.MkdirAll(o.spoolDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create mirror spool %s: %w", o.spoolDir, err)
 	}
-	return &Mirror{stores: stores, spool: &spool{dir: o.spoolDir, ttl: o.spoolTTL}}, nil
+	if o.spoolLimit <= 0 {
+		o.spoolLimit = DefaultSpoolLimit(o.spoolDir)
+	}
+	spoolLimitBytes.Set(float64(o.spoolLimit))
+	return &Mirror{stores: stores, spool: newSpool(o.spoolDir, o.spoolTTL, o.spoolLimit, o.maxFetches)}, nil
 }
 
 // Request kinds, as used in metrics labels.

@@ -28,6 +28,9 @@ func tryStores(ctx context.Context, stores []*store.Store, fn func(*store.Store)
 		if ctx.Err() != nil {
 			return nil, err
 		}
+		if errors.Is(err, ErrBlobTooLarge) || errors.Is(err, ErrSpoolFull) {
+			return nil, err // the same in every store
+		}
 		if missing(err) {
 			if notFound == nil {
 				notFound = err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 
 	"github.com/containerd/log"
 )
@@ -23,18 +24,35 @@ func (t *tree) host(p string) string { return filepath.Join(t.root, p) }
 
 func (t *tree) read(p string) ([]byte, error) { return os.ReadFile(t.host(p)) }
 
-// write makes node path p hold data with mode. An existing file with other
-// content is first copied to p+BackupSuffix when backup is set and no such
-// copy exists yet (the first backup is the user's original: later runs
-// must not replace it with s3snap's own output).
-func (t *tree) write(p string, data []byte, mode os.FileMode, backup bool) (Change, error) {
+// fileMode says what mode a file tree.write makes gets.
+type fileMode struct {
+	// perm is the mode of a new file, and of a replaced one unless keep.
+	perm os.FileMode
+	// keep makes a file that exists keep its mode and owner: a config
+	// the user made 0600 (it may hold registry credentials) stays 0600.
+	keep bool
+}
+
+// write makes node path p hold data with mode m. An existing file with
+// other content is first copied to p+BackupSuffix (same mode and owner)
+// when backup is set and no such copy exists yet (the first backup is the
+// user's original: later runs must not replace it with s3snap's own
+// output).
+func (t *tree) write(p string, data []byte, m fileMode, backup bool) (Change, error) {
 	c := Change{Path: p}
 	h := t.host(p)
 	old, err := os.ReadFile(h)
+	mode, owner := m.perm, (*fileOwner)(nil)
 	switch {
 	case err == nil:
-		fi, serr := os.Stat(h)
-		if bytes.Equal(old, data) && serr == nil && fi.Mode().Perm() == mode {
+		fi, err := os.Stat(h)
+		if err != nil {
+			return c, fmt.Errorf("stat %s: %w", p, err)
+		}
+		if m.keep {
+			mode, owner = fi.Mode().Perm(), ownerOf(fi)
+		}
+		if bytes.Equal(old, data) && fi.Mode().Perm() == mode {
 			c.Action = "unchanged"
 			return c, nil
 		}
@@ -44,7 +62,7 @@ func (t *tree) write(p string, data []byte, mode os.FileMode, backup bool) (Chan
 			if _, err := os.Lstat(b); errors.Is(err, fs.ErrNotExist) {
 				c.Backup = p + BackupSuffix
 				if !t.dryRun {
-					if err := writeAtomic(b, old, fi.Mode().Perm()); err != nil {
+					if err := writeAtomic(b, old, fi.Mode().Perm(), ownerOf(fi)); err != nil {
 						return c, fmt.Errorf("back up %s: %w", p, err)
 					}
 				}
@@ -61,25 +79,45 @@ func (t *tree) write(p string, data []byte, mode os.FileMode, backup bool) (Chan
 	if err := os.MkdirAll(filepath.Dir(h), 0o755); err != nil {
 		return c, fmt.Errorf("write %s: %w", p, err)
 	}
-	if err := writeAtomic(h, data, mode); err != nil {
+	if err := writeAtomic(h, data, mode, owner); err != nil {
 		return c, fmt.Errorf("write %s: %w", p, err)
 	}
 	return c, nil
 }
 
-// writeAtomic writes a temporary file next to path and renames it over
-// path, so a reader (or a crash) never sees half a file.
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
+// fileOwner is a file's numeric owner and group.
+type fileOwner struct{ uid, gid int }
+
+// ownerOf returns fi's owner (nil where the platform has none).
+func ownerOf(fi os.FileInfo) *fileOwner {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return &fileOwner{int(st.Uid), int(st.Gid)}
+	}
+	return nil
+}
+
+// writeAtomic writes a temporary file next to path, with mode and (if not
+// nil) owner, and renames it over path, so a reader (or a crash) never
+// sees half a file, nor the data under a wider mode.
+func writeAtomic(path string, data []byte, mode os.FileMode, owner *fileOwner) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
+	// CreateTemp makes it 0600; owner and mode are set before any data
+	// is in it. Chown first: it may clear setuid/setgid bits.
+	if owner != nil {
+		if err := f.Chown(owner.uid, owner.gid); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := f.Chmod(mode); err != nil {
 		f.Close()
 		return err
 	}
-	if err := f.Chmod(mode); err != nil {
+	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return err
 	}
@@ -158,11 +196,15 @@ func (t *tree) removeIfOurs(p, marker string) (Change, error) {
 	if !bytes.Contains(b, []byte(marker)) {
 		return Change{Path: p, Action: "unchanged", Note: "not written by s3snap: kept"}, nil
 	}
-	// The file s3snap replaced, if any, comes back.
+	// The file s3snap replaced, if any, comes back, with its mode and owner.
 	if bak, err := t.read(p + BackupSuffix); err == nil {
 		c := Change{Path: p, Action: "updated", Note: "restored from " + p + BackupSuffix}
+		fi, err := os.Stat(t.host(p + BackupSuffix))
+		if err != nil {
+			return c, err
+		}
 		if !t.dryRun {
-			if err := writeAtomic(t.host(p), bak, 0o644); err != nil {
+			if err := writeAtomic(t.host(p), bak, fi.Mode().Perm(), ownerOf(fi)); err != nil {
 				return c, err
 			}
 			if err := os.Remove(t.host(p + BackupSuffix)); err != nil {

@@ -177,17 +177,20 @@ func Install(ctx context.Context, o Options) (*Result, error) {
 	dropIn, _ := units.ReadFile("containerd-s3snap.conf")
 	service = []byte(strings.ReplaceAll(string(service), agent.DefaultConfigPath, o.AgentConfigPath))
 
+	// A file that exists keeps its mode and owner; the binary is always
+	// 0755. A new containerd config is 0600: only containerd (root) reads
+	// it, and registry credentials are often added to it later.
 	steps := []struct {
 		path   string
 		data   []byte
-		mode   os.FileMode
+		mode   fileMode
 		backup bool
 	}{
-		{BinaryPath, binData, 0o755, false},
-		{o.AgentConfigPath, []byte(cfgText), 0o600, true},
-		{UnitPath, service, 0o644, true},
-		{DropInPath, dropIn, 0o644, true},
-		{o.ContainerdConfig, merged.data, 0o644, true},
+		{BinaryPath, binData, fileMode{perm: 0o755}, false},
+		{o.AgentConfigPath, []byte(cfgText), fileMode{perm: 0o600, keep: true}, true},
+		{UnitPath, service, fileMode{perm: 0o644, keep: true}, true},
+		{DropInPath, dropIn, fileMode{perm: 0o644, keep: true}, true},
+		{o.ContainerdConfig, merged.data, fileMode{perm: 0o600, keep: true}, true},
 	}
 	for _, s := range steps {
 		c, err := fs.write(s.path, s.data, s.mode, s.backup)
@@ -197,7 +200,7 @@ func Install(ctx context.Context, o Options) (*Result, error) {
 		res.Changes = append(res.Changes, c)
 	}
 	for _, r := range cfg.Registry {
-		c, err := fs.write(agent.HostsTOMLPath(merged.hostsDir, r.Host), hostsTOML(cfg, r.Host, o.Upstreams[r.Host]), 0o644, true)
+		c, err := fs.write(agent.HostsTOMLPath(merged.hostsDir, r.Host), hostsTOML(cfg, r.Host, o.Upstreams[r.Host]), fileMode{perm: 0o644, keep: true}, true)
 		if err != nil {
 			return nil, err
 		}
@@ -243,7 +246,7 @@ func Uninstall(ctx context.Context, o Options) (*Result, error) {
 			return nil, fmt.Errorf("containerd config %s: %w", o.ContainerdConfig, err)
 		}
 		res.ConfigVersion, res.HostsDir = out.version, out.hostsDir
-		c, err := fs.write(o.ContainerdConfig, out.data, 0o644, true)
+		c, err := fs.write(o.ContainerdConfig, out.data, fileMode{perm: 0o600, keep: true}, true)
 		if err != nil {
 			return nil, err
 		}

@@ -27,10 +27,14 @@ The config file (TOML; unknown keys are errors):
   socket = "/run/s3snap/s3snap.sock"    # gRPC socket, 0600 (default)
 
   [mirror]
-  address = "127.0.0.1:5050"            # loopback only (default)
+  address = "127.0.0.1:505"             # loopback only; a port below 1024, which
+                                        # no other user can bind (default)
+  spool_max_bytes = "2GiB"              # verified blobs on disk (default: 10% of root's fs, <= 4GiB);
+                                        # a larger blob gets a 503 and comes from the registry
+  max_concurrent_fetches = 8            # blobs read from S3 at once (default 8)
 
   [metrics]
-  address = "127.0.0.1:5051"            # /metrics, /healthz; loopback only (default)
+  address = "127.0.0.1:506"             # /metrics, /healthz; loopback only (default)
 
   [s3]
   region = "us-east-1"                  # default: from the environment or instance
@@ -68,7 +72,7 @@ loaded config:
 
   # /etc/containerd/certs.d/123456789012.dkr.ecr.us-east-1.amazonaws.com/hosts.toml
   server = "https://123456789012.dkr.ecr.us-east-1.amazonaws.com"
-  [host."http://127.0.0.1:5050"]
+  [host."http://127.0.0.1:505"]
     capabilities = ["pull", "resolve"]`
 
 const agentExample = `  # Run under systemd (Type=notify)

@@ -16,6 +16,9 @@ const doctorLong = `Check this node's s3snap set-up, piece by piece, and say wha
 how to fix it:
 
   agent config        /etc/s3snap/config.toml parses and validates
+  agent ports         the mirror and metrics ports are below 1024 (below
+                      net.ipv4.ip_unprivileged_port_start), so no other
+                      user can take them while the agent is down (warning)
   containerd          running; its version; s3snap's proxy plugin loaded
   containerd config   the plugin at the agent's socket, s3snap as the CRI's
                       snapshotter, snapshot annotations enabled (1.7:
@@ -28,6 +31,9 @@ how to fix it:
   aws credentials     where the SDK's default chain found credentials (never
                       the secret)
   bucket ...          each store's bucket lists (s3:ListBucket)
+  lazy index ...      with [lazy] enabled: one lazy-pull index of each store is
+                      found and read (fails if S3 denies it: lazy mode would
+                      never engage; warns if the bucket has none)
   blob fetch          one layer fetched, digest-verified and timed
 
 Every check runs even after one fails, so one run names every broken piece.

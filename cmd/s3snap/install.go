@@ -33,7 +33,9 @@ gets the 1.7 keys, version 3 or 4 (containerd 2.x) the 2.x ones. The
 containerd version is read from the containerd binary in the root, or given
 with --containerd-version. The file is rewritten as canonical TOML (comments
 are not kept); the original is saved once as config.toml.pre-s3snap, as is
-any file s3snap replaces.
+any file s3snap replaces. A file it rewrites keeps its mode and owner (a
+config.toml holding registry credentials at 0600 stays 0600); a config.toml
+it creates is 0600.
 
 Running it again changes nothing (no file is rewritten, no new backup); run
 without --bucket it keeps the installed agent config, so upgrading is

@@ -41,7 +41,11 @@ only what is new or moved.
 ECR tokens come from GetAuthorizationToken with the AWS SDK's default
 credentials (or --src-profile/--dst-profile, --src-role-arn/--dst-role-arn)
 and are renewed before they expire and on any 401. Other registries use
-~/.docker/config.json and its credential helpers, or --src-creds/--dst-creds.
+~/.docker/config.json and its credential helpers, or USER:PASSWORD from
+--src-creds-file/--dst-creds-file FILE (keep it 0600), $S3SNAP_SRC_CREDS/
+$S3SNAP_DST_CREDS, or --src-creds/--dst-creds (in that order of precedence:
+flag, file, environment). Prefer the file or the environment: a flag's value
+is visible to every user in ps and often in CI logs.
 429s are retried after Retry-After, 5xx and broken connections with backoff.
 
 One failed image never stops the others; the exit code is 1 if any failed.

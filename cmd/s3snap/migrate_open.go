@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -31,7 +32,7 @@ type migrateFlags struct {
 	images, jobs                            int
 
 	ecrEndpoint             string
-	srcCreds, dstCreds      string
+	creds                   credsFlags
 	srcProfile, dstProfile  string
 	srcRoleARN, dstRoleARN  string
 	ecrCreate, ecrImmutable bool
@@ -54,8 +55,7 @@ func (f *migrateFlags) register(cmd *cobra.Command, forMigrate bool) {
 	fl.IntVar(&f.images, "images", migrator.DefaultImageJobs, "images worked on at once")
 	fl.BoolVar(&f.insecure, "insecure", false, "allow plain-HTTP registries (loopback and private addresses always may)")
 	fl.StringVar(&f.ecrEndpoint, "ecr-endpoint", "", ecrEndpointUsage)
-	fl.StringVar(&f.srcCreds, "src-creds", "", "USER:PASSWORD for a docker:// source (default: ~/.docker/config.json and credential helpers)")
-	fl.StringVar(&f.dstCreds, "dst-creds", "", "USER:PASSWORD for a docker:// destination")
+	f.creds.register(fl, "a docker:// source", "a docker:// destination")
 	fl.StringVar(&f.srcProfile, "src-profile", "", "AWS profile for an ecr:// source (default: --profile)")
 	fl.StringVar(&f.dstProfile, "dst-profile", "", "AWS profile for an ecr:// destination (default: --profile)")
 	fl.StringVar(&f.srcRoleARN, "src-role-arn", "", "IAM role to assume for an ecr:// source (cross-account)")
@@ -142,7 +142,8 @@ func parseLocation(arg string) (migrator.Location, error) {
 	return l, asUsage(err)
 }
 
-// basicAuth turns USER:PASSWORD into an authenticator (nil: use the keychain).
+// basicAuth turns USER:PASSWORD into an authenticator (nil: use the
+// keychain). flag names where creds came from, for the error.
 func basicAuth(flag, creds string) (authn.Authenticator, error) {
 	if creds == "" {
 		return nil, nil
@@ -197,7 +198,7 @@ func (f *migrateFlags) source(ctx context.Context, g *globals, l migrator.Locati
 		if l.Repository == "" {
 			return nil, usagef("%s names no repository: a docker:// source is one repository (a whole registry can only be listed through ECR's API, ecr://)", l)
 		}
-		r, err := f.registry(l.Host, "--src-creds", f.srcCreds)
+		r, err := f.registry(l.Host, f.creds.src.from, f.creds.src.creds)
 		if err != nil {
 			return nil, err
 		}
@@ -241,7 +242,7 @@ func (f *migrateFlags) target(ctx context.Context, g *globals, l, src migrator.L
 		}
 		return e.Target(), rename, nil
 	case migrator.SchemeDocker:
-		r, err := f.registry(l.Host, "--dst-creds", f.dstCreds)
+		r, err := f.registry(l.Host, f.creds.dst.from, f.creds.dst.creds)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -267,6 +268,9 @@ func (f *migrateFlags) open(ctx context.Context, g *globals, srcArg, dstArg stri
 	}
 	opts, err := f.runOptions(time.Now())
 	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := f.creds.resolve(os.Getenv, g.stderr); err != nil {
 		return nil, nil, nil, err
 	}
 	src, err := f.source(ctx, g, srcLoc)

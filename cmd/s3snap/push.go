@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -81,7 +82,8 @@ type pushFlags struct {
 	ref      string
 	jobs     int
 	also     []string
-	srcCreds string
+	creds    credsFlags
+	srcCreds string // resolved from creds
 	dstCreds string
 	insecure bool
 	limits   limitFlags
@@ -98,6 +100,10 @@ func newPushCmd(g *globals) *cobra.Command {
 		Example: pushExample,
 		Args:    exactArgs(2, "SRC", "s3://BUCKET[/PREFIX]/REPOSITORY:TAG"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := f.creds.resolve(os.Getenv, g.stderr); err != nil {
+				return err
+			}
+			f.srcCreds, f.dstCreds = f.creds.src.creds, f.creds.dst.creds
 			return runPush(cmd, g, &f, args[0], args[1])
 		},
 	}
@@ -106,8 +112,7 @@ func newPushCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.ref, "ref", "", "push the image of SRC whose org.opencontainers.image.ref.name annotation (or docker save RepoTag) is NAME (default: the first)")
 	fl.IntVarP(&f.jobs, "jobs", "j", migrator.DefaultJobs, "blobs uploaded at once, per destination")
 	fl.StringArrayVar(&f.also, "also", nil, "also push to this registry: docker://HOST/REPO[:TAG] (repeatable; TAG defaults to the s3:// tag)")
-	fl.StringVar(&f.srcCreds, "src-creds", "", "USER:PASSWORD for a docker:// SRC (default: ~/.docker/config.json and credential helpers)")
-	fl.StringVar(&f.dstCreds, "dst-creds", "", "USER:PASSWORD for the --also registries (default: ~/.docker/config.json and credential helpers)")
+	f.creds.register(fl, "a docker:// SRC", "the --also registries")
 	fl.BoolVar(&f.insecure, "insecure", false, "allow plain-HTTP registries (loopback and private addresses always may)")
 	f.limits.register(fl)
 	return cmd
@@ -183,7 +188,7 @@ func (f *pushFlags) check(kind migrator.Kind) error {
 	if kind == migrator.KindRegistry && f.ref != "" {
 		return usagef("--ref selects an image in a layout or tar; a docker:// SRC names its own tag or digest")
 	}
-	if kind != migrator.KindRegistry && f.srcCreds != "" {
+	if kind != migrator.KindRegistry && f.creds.src.explicit() {
 		return usagef("--src-creds is for a docker:// SRC")
 	}
 	return nil
