@@ -37,7 +37,7 @@ const (
 
 var breakerOpen = promauto.NewGaugeVec(prometheus.GaugeOpts{
 	Namespace: "s3snap", Subsystem: "store", Name: "breaker_open",
-	Help: "1 while the store's circuit breaker is open: S3 was found unavailable and the store's requests fail at once until a probe succeeds, by store (s3://bucket/prefix).",
+	Help: "1 while the store's circuit breaker is open (or probing): S3 was found unavailable and the store's requests fail at once until a probe succeeds, by store (s3://bucket/prefix).",
 }, []string{"store"})
 
 // breaker is a store's circuit breaker. Every S3 request the store makes
@@ -50,10 +50,11 @@ var breakerOpen = promauto.NewGaugeVec(prometheus.GaugeOpts{
 //     digest mismatch) clears the count; a cancellation counts for
 //     nothing. threshold consecutive failures, or one that took longer
 //     than slowFailure, open the breaker. While the count is above zero
-//     ("tripping"), requests make a single attempt, no retries.
+//     ("tripping"), the store's SDK requests make a single attempt.
 //   - open: for the cooldown every request fails at once with an error
 //     wrapping ErrUnavailable, and requests in flight are cancelled with
-//     it, so none keeps retrying. Requests with no fallback (reads of a
+//     it, so none keeps retrying (uploads excepted: a cancelled one would
+//     leave its parts behind). Requests with no fallback (reads of a
 //     lazily mounted layer) are never refused, only counted.
 //   - half-open: after the cooldown one request, the probe, goes through
 //     (one attempt); the others still fail at once. An answer closes the
