@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 )
@@ -116,6 +117,43 @@ func classify(err error) verdict {
 		return retry
 	}
 	return fatal
+}
+
+// accessCodes are S3 error codes that refuse the client itself (its
+// credentials or its rights) rather than answer about an object.
+var accessCodes = map[string]bool{
+	"AccessDenied":          true,
+	"InvalidAccessKeyId":    true,
+	"SignatureDoesNotMatch": true,
+	"ExpiredToken":          true,
+	"InvalidToken":          true,
+	"TokenRefreshRequired":  true,
+}
+
+// Unavailable reports whether err, the final error of a request (after its
+// retries), means S3 could not serve this client at all: no connection, a
+// reset, a timeout or stall, DNS, a 5xx or throttling answer, or a refusal
+// of the client's credentials or rights (403, expired token, no
+// credentials). Those last do not heal on retry but are as fatal to every
+// other request, so a caller tracking S3's health (a circuit breaker)
+// counts them too. An answer about the object (404, 412, a bad range), a
+// digest mismatch or a cancellation is not unavailability.
+func Unavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if classify(err) != fatal {
+		return true
+	}
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) && accessCodes[apiErr.ErrorCode()] {
+		return true
+	}
+	if status, ok := httpStatus(err); ok && status == http.StatusForbidden {
+		return true
+	}
+	var signErr *v4.SigningError
+	return errors.As(err, &signErr) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
 
 // httpStatus returns the status code of the response behind err, if any.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
@@ -165,5 +166,38 @@ func TestBackoff(t *testing.T) {
 		if d := backoff(3, false, base, maxDelay, r); d < 200*time.Millisecond || d > 400*time.Millisecond {
 			t.Fatalf("backoff(3, r=%v) = %v, outside [200ms, 400ms]", r, d)
 		}
+	}
+}
+
+func TestUnavailable(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nil", nil, false},
+		{"refused", &smithyhttp.RequestSendError{Err: &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}}, true},
+		{"dns", &smithyhttp.RequestSendError{Err: &net.DNSError{Err: "no such host", Name: "s3", IsNotFound: true}}, true},
+		{"gave up on 503", fmt.Errorf("get x: giving up after 5 attempts: %w", responseErr(503, "SlowDown", nil)), true},
+		{"500", responseErr(500, "InternalError", nil), true},
+		{"short read", fmt.Errorf("%w: %w", ErrShortRead, fmt.Errorf("%w: %w", errBodyEnded, io.ErrUnexpectedEOF)), true},
+		{"stalled", fmt.Errorf("%w: %w", errStalled, context.Canceled), true},
+		{"403", responseErr(403, "AccessDenied", nil), true},
+		{"403 head, no body", responseErr(403, "", nil), true},
+		{"expired token", responseErr(400, "ExpiredToken", nil), true},
+		{"no credentials", &smithy.OperationError{Err: &v4.SigningError{Err: errors.New("failed to retrieve credentials: no EC2 IMDS role found")}}, true},
+		{"404", fmt.Errorf("%w: %w", ErrNotFound, responseErr(404, "NoSuchKey", nil)), false},
+		{"412", fmt.Errorf("%w: %w", ErrObjectChanged, responseErr(412, "PreconditionFailed", nil)), false},
+		{"bad range", fmt.Errorf("%w: long", ErrBadRange), false},
+		{"digest", fmt.Errorf("%w: got a", ErrDigestMismatch), false},
+		{"canceled", fmt.Errorf("get x: %w", context.Canceled), false},
+		{"deadline", context.DeadlineExceeded, false},
+		{"400", responseErr(400, "InvalidArgument", nil), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Unavailable(tc.err); got != tc.want {
+				t.Errorf("Unavailable(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
 	}
 }

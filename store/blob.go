@@ -29,14 +29,14 @@ func (s *Store) StatBlob(ctx context.Context, d digest.Digest) (BlobInfo, error)
 		return BlobInfo{}, err
 	}
 	key := s.layout.blobData(d)
-	obj, err := s.fetch.Stat(ctx, s.bucket, key)
+	size, etag, err := s.stat(ctx, key, "blob "+d.String())
 	if err != nil {
-		if isNotFound(err) {
-			return BlobInfo{}, s.notFound(err, "blob "+d.String())
+		if errors.Is(err, ErrNotFound) {
+			return BlobInfo{}, err
 		}
 		return BlobInfo{}, fmt.Errorf("stat blob %s: %w", d, err)
 	}
-	return BlobInfo{Digest: d, Size: obj.Size, Key: key, ETag: obj.ETag}, nil
+	return BlobInfo{Digest: d, Size: size, Key: key, ETag: etag}, nil
 }
 
 // HasBlob reports whether the blob is in the bucket.
@@ -75,8 +75,7 @@ func (s *Store) PutBlob(ctx context.Context, d digest.Digest, size int64, r io.R
 		Body:        vr,
 		ContentType: aws.String("application/octet-stream"),
 	}
-	//lint:ignore SA1019 manager is deprecated but stable; see Store.upload
-	if _, err := s.upload.Upload(ctx, in); err != nil {
+	if err := s.uploadObject(ctx, in); err != nil {
 		// The verifying reader's own error is the one worth reporting.
 		if vr.err != nil {
 			return false, fmt.Errorf("put blob %s: %w", d, vr.err)
@@ -141,7 +140,7 @@ func (s *Store) OpenBlob(ctx context.Context, d digest.Digest) (io.ReadCloser, B
 	if err != nil {
 		return nil, BlobInfo{}, err
 	}
-	rc, err := s.fetch.Reader(ctx, fetcher.Object{Bucket: s.bucket, Key: info.Key, Size: info.Size, ETag: info.ETag, Digest: d})
+	rc, err := s.openReader(ctx, fetcher.Object{Bucket: s.bucket, Key: info.Key, Size: info.Size, ETag: info.ETag, Digest: d})
 	if err != nil {
 		return nil, BlobInfo{}, fmt.Errorf("open blob %s: %w", d, err)
 	}
@@ -150,7 +149,7 @@ func (s *Store) OpenBlob(ctx context.Context, d digest.Digest) (io.ReadCloser, B
 
 // BlobReaderAt gives random access to the blob (no digest check: the
 // caller reads parts, so verifying is its business).
-func (s *Store) BlobReaderAt(ctx context.Context, d digest.Digest) (*fetcher.ReaderAt, error) {
+func (s *Store) BlobReaderAt(ctx context.Context, d digest.Digest) (*ReaderAt, error) {
 	info, err := s.StatBlob(ctx, d)
 	if err != nil {
 		return nil, err
@@ -159,7 +158,7 @@ func (s *Store) BlobReaderAt(ctx context.Context, d digest.Digest) (*fetcher.Rea
 	if err != nil {
 		return nil, fmt.Errorf("open blob %s: %w", d, err)
 	}
-	return ra, nil
+	return &ReaderAt{ra: ra, ctx: ctx, b: s.breaker}, nil
 }
 
 // LinkBlob makes a blob (a config or layer) part of repository name, after

@@ -38,8 +38,7 @@ func (s *Store) PutExtra(ctx context.Context, name string, r io.Reader) error {
 		return err
 	}
 	in := &s3.PutObjectInput{Bucket: &s.bucket, Key: &key, Body: r, ContentType: aws.String("application/octet-stream")}
-	//lint:ignore SA1019 manager is deprecated but stable; see Store.upload
-	if _, err := s.upload.Upload(ctx, in); err != nil {
+	if err := s.uploadObject(ctx, in); err != nil {
 		if isNoSuchBucket(err) {
 			return s.notFound(err, "put s3://"+s.bucket+"/"+key)
 		}
@@ -55,14 +54,8 @@ func (s *Store) StatExtra(ctx context.Context, name string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	obj, err := s.fetch.Stat(ctx, s.bucket, key)
-	if err != nil {
-		if isNotFound(err) {
-			return 0, s.notFound(err, "s3://"+s.bucket+"/"+key)
-		}
-		return 0, fmt.Errorf("stat s3://%s/%s: %w", s.bucket, key, err)
-	}
-	return obj.Size, nil
+	size, _, err := s.stat(ctx, key, "s3://"+s.bucket+"/"+key)
+	return size, err
 }
 
 // GetExtra reads extra object name whole; one larger than limit bytes is
@@ -72,30 +65,20 @@ func (s *Store) GetExtra(ctx context.Context, name string, limit int64) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
-	if err != nil {
-		if isNotFound(err) {
-			return nil, s.notFound(err, "s3://"+s.bucket+"/"+key)
-		}
-		return nil, fmt.Errorf("get s3://%s/%s: %w", s.bucket, key, err)
-	}
-	defer out.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(out.Body, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("read s3://%s/%s: %w", s.bucket, key, err)
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("s3://%s/%s is larger than %d bytes: %w", s.bucket, key, limit, ErrSizeMismatch)
-	}
-	return b, nil
+	return s.getLimited(ctx, key, limit)
 }
 
 // ExtraReaderAt gives random access (parallel ranged GETs) to extra object
-// name of the given size, bound to ctx. It makes no request until read.
-func (s *Store) ExtraReaderAt(ctx context.Context, name string, size int64) (*fetcher.ReaderAt, error) {
+// name of the given size, bound to ctx. It makes no request until read,
+// and its reads are never refused by the circuit breaker (see ReaderAt).
+func (s *Store) ExtraReaderAt(ctx context.Context, name string, size int64) (*ReaderAt, error) {
 	key, err := s.ExtraKey(name)
 	if err != nil {
 		return nil, err
 	}
-	return s.fetch.ReaderAt(ctx, fetcher.Object{Bucket: s.bucket, Key: key, Size: size})
+	ra, err := s.fetch.ReaderAt(ctx, fetcher.Object{Bucket: s.bucket, Key: key, Size: size})
+	if err != nil {
+		return nil, err
+	}
+	return &ReaderAt{ra: ra, ctx: ctx, b: s.breaker}, nil
 }

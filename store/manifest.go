@@ -301,7 +301,11 @@ func (s *Store) DeleteTag(ctx context.Context, name, tag string) error {
 		return err
 	}
 	for _, k := range keys {
-		if _, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.bucket, Key: &k}); err != nil {
+		err := s.request(ctx, func(ctx context.Context, opts func(*s3.Options)) error {
+			_, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.bucket, Key: &k}, opts)
+			return err
+		})
+		if err != nil {
 			return fmt.Errorf("delete tag %s:%s: %w", name, tag, err)
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
@@ -72,6 +73,7 @@ type Store struct {
 	// the stable, well-tested multipart uploader, so we keep it for now.
 	upload  *manager.Uploader //lint:ignore SA1019 see above
 	maxMeta int64
+	breaker *breaker // nil: none
 }
 
 type options struct {
@@ -79,6 +81,8 @@ type options struct {
 	fetcher           *fetcher.Fetcher
 	uploadPartSize    int64
 	uploadConcurrency int
+	breakerThreshold  int
+	breakerCooldown   time.Duration
 }
 
 // Option configures a Store.
@@ -97,16 +101,29 @@ func WithUpload(partSize int64, concurrency int) Option {
 	return func(o *options) { o.uploadPartSize, o.uploadConcurrency = partSize, concurrency }
 }
 
+// WithBreaker sets the store's circuit breaker (see ErrUnavailable): it
+// opens after threshold consecutive requests found S3 unavailable, for
+// cooldown at first, doubling while S3 stays down. threshold < 1 turns it
+// off. Default: DefaultBreakerThreshold, DefaultBreakerCooldown.
+func WithBreaker(threshold int, cooldown time.Duration) Option {
+	return func(o *options) { o.breakerThreshold, o.breakerCooldown = threshold, cooldown }
+}
+
 // New returns the store in bucket. It makes no request.
 func New(client Client, bucket string, opts ...Option) *Store {
-	o := options{uploadPartSize: 16 << 20, uploadConcurrency: 4}
+	o := options{
+		uploadPartSize:    16 << 20,
+		uploadConcurrency: 4,
+		breakerThreshold:  DefaultBreakerThreshold,
+		breakerCooldown:   DefaultBreakerCooldown,
+	}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	if o.fetcher == nil {
 		o.fetcher = fetcher.New(client)
 	}
-	return &Store{
+	s := &Store{
 		client: client,
 		bucket: bucket,
 		prefix: o.prefix,
@@ -120,6 +137,8 @@ func New(client Client, bucket string, opts ...Option) *Store {
 		}),
 		maxMeta: 4 << 20, // Distribution's own manifest size limit
 	}
+	s.breaker = newBreaker(s.URL(), o.breakerThreshold, o.breakerCooldown, time.Now)
+	return s
 }
 
 // Bucket is the store's bucket.
@@ -169,32 +188,49 @@ func isNotFound(err error) bool {
 
 // getSmall reads a small object (a link, a manifest) whole.
 func (s *Store) getSmall(ctx context.Context, key string) ([]byte, error) {
-	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
+	b, err := s.getLimited(ctx, key, s.maxMeta)
+	if errors.Is(err, ErrSizeMismatch) {
+		return nil, fmt.Errorf("s3://%s/%s is larger than %d bytes: %w", s.bucket, key, s.maxMeta, ErrInvalidManifest)
+	}
+	return b, err
+}
+
+// getLimited reads an object whole; one larger than limit bytes is an
+// error wrapping ErrSizeMismatch.
+func (s *Store) getLimited(ctx context.Context, key string, limit int64) ([]byte, error) {
+	var b []byte
+	err := s.request(ctx, func(ctx context.Context, opts func(*s3.Options)) error {
+		out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key}, opts)
+		if err != nil {
+			return err
+		}
+		defer out.Body.Close()
+		b, err = io.ReadAll(io.LimitReader(out.Body, limit+1))
+		return err
+	})
 	if err != nil {
 		if isNotFound(err) {
 			return nil, s.notFound(err, "s3://"+s.bucket+"/"+key)
 		}
 		return nil, fmt.Errorf("get s3://%s/%s: %w", s.bucket, key, err)
 	}
-	defer out.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(out.Body, s.maxMeta+1))
-	if err != nil {
-		return nil, fmt.Errorf("read s3://%s/%s: %w", s.bucket, key, err)
-	}
-	if int64(len(b)) > s.maxMeta {
-		return nil, fmt.Errorf("s3://%s/%s is larger than %d bytes: %w", s.bucket, key, s.maxMeta, ErrInvalidManifest)
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("s3://%s/%s is larger than %d bytes: %w", s.bucket, key, limit, ErrSizeMismatch)
 	}
 	return b, nil
 }
 
 // putSmall writes a small object in one PutObject.
 func (s *Store) putSmall(ctx context.Context, key string, body []byte) error {
-	_, err := s.client.PutObject(ctx, &s3.PutObjectInput{
-		Bucket:        &s.bucket,
-		Key:           &key,
-		Body:          bytes.NewReader(body),
-		ContentLength: aws.Int64(int64(len(body))),
-		ContentType:   aws.String("application/octet-stream"),
+	err := s.request(ctx, func(ctx context.Context, opts func(*s3.Options)) error {
+		_, err := s.client.PutObject(ctx, &s3.PutObjectInput{
+			Bucket:        &s.bucket,
+			Key:           &key,
+			Body:          bytes.NewReader(body),
+			ContentLength: aws.Int64(int64(len(body))),
+			ContentType:   aws.String("application/octet-stream"),
+		}, opts)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("put s3://%s/%s: %w", s.bucket, key, err)
@@ -204,7 +240,7 @@ func (s *Store) putSmall(ctx context.Context, key string, body []byte) error {
 
 // exists reports whether key is present.
 func (s *Store) exists(ctx context.Context, key string) (bool, error) {
-	_, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key})
+	_, err := s.head(ctx, key)
 	if err == nil {
 		return true, nil
 	}
@@ -217,11 +253,41 @@ func (s *Store) exists(ctx context.Context, key string) (bool, error) {
 	return false, fmt.Errorf("head s3://%s/%s: %w", s.bucket, key, err)
 }
 
+// head makes a HeadObject of key.
+func (s *Store) head(ctx context.Context, key string) (*s3.HeadObjectOutput, error) {
+	var out *s3.HeadObjectOutput
+	err := s.request(ctx, func(ctx context.Context, opts func(*s3.Options)) (err error) {
+		out, err = s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key}, opts)
+		return err
+	})
+	return out, err
+}
+
+// stat returns key's size and ETag, or an error wrapping ErrNotFound
+// naming what.
+func (s *Store) stat(ctx context.Context, key, what string) (size int64, etag string, err error) {
+	out, err := s.head(ctx, key)
+	if err != nil {
+		if isNotFound(err) {
+			return 0, "", s.notFound(err, what)
+		}
+		return 0, "", fmt.Errorf("head s3://%s/%s: %w", s.bucket, key, err)
+	}
+	if out.ContentLength == nil || *out.ContentLength < 0 {
+		return 0, "", fmt.Errorf("head s3://%s/%s: no content length in response", s.bucket, key)
+	}
+	return *out.ContentLength, aws.ToString(out.ETag), nil
+}
+
 // list returns every key under prefix (no delimiter).
 func (s *Store) list(ctx context.Context, prefix string, fn func(key string) error) error {
 	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix})
 	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
+		var page *s3.ListObjectsV2Output
+		err := s.request(ctx, func(ctx context.Context, opts func(*s3.Options)) (err error) {
+			page, err = p.NextPage(ctx, opts)
+			return err
+		})
 		if err != nil {
 			if isNotFound(err) {
 				return s.notFound(err, "list s3://"+s.bucket+"/"+prefix)
@@ -239,7 +305,11 @@ func (s *Store) list(ctx context.Context, prefix string, fn func(key string) err
 
 // listOne calls found if any key exists under prefix.
 func (s *Store) listOne(ctx context.Context, prefix string, found func()) error {
-	out, err := s.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix, MaxKeys: aws.Int32(1)})
+	var out *s3.ListObjectsV2Output
+	err := s.request(ctx, func(ctx context.Context, opts func(*s3.Options)) (err error) {
+		out, err = s.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix, MaxKeys: aws.Int32(1)}, opts)
+		return err
+	})
 	if err != nil {
 		if isNotFound(err) {
 			return s.notFound(err, "list s3://"+s.bucket+"/"+prefix)

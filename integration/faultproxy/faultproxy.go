@@ -155,10 +155,13 @@ func keyMatches(path, key string) bool {
 // Proxy is a running fault-injecting proxy.
 type Proxy struct {
 	target    *url.URL
-	ln        net.Listener
-	srv       *http.Server
+	addr      string // host:port the proxy listens on, kept across Down/Up
 	transport *http.Transport
 	rp        *httputil.ReverseProxy
+
+	srvMu sync.Mutex
+	srv   *http.Server // nil while Down
+	ln    net.Listener
 
 	mu    sync.Mutex
 	rules []*rule
@@ -180,7 +183,7 @@ func New(target string) (*Proxy, error) {
 	}
 	p := &Proxy{
 		target: u,
-		ln:     ln,
+		addr:   ln.Addr().String(),
 		transport: &http.Transport{
 			MaxIdleConnsPerHost: 64,
 			IdleConnTimeout:     30 * time.Second,
@@ -204,13 +207,52 @@ func New(target string) (*Proxy, error) {
 		// would fill the test output with "proxy error" lines.
 		ErrorLog: log.New(io.Discard, "", 0),
 	}
-	p.srv = &http.Server{Handler: http.HandlerFunc(p.serve), ReadHeaderTimeout: 10 * time.Second}
-	go p.srv.Serve(ln) //nolint:errcheck // returns ErrServerClosed on Close
+	p.serveOn(ln)
 	return p, nil
 }
 
+// serveOn starts an HTTP server on ln. Caller holds srvMu or owns p alone.
+func (p *Proxy) serveOn(ln net.Listener) {
+	p.ln = ln
+	p.srv = &http.Server{Handler: http.HandlerFunc(p.serve), ReadHeaderTimeout: 10 * time.Second}
+	go p.srv.Serve(ln) //nolint:errcheck // returns ErrServerClosed on Close
+}
+
 // URL is the proxy's base URL, to use as the S3 endpoint.
-func (p *Proxy) URL() string { return "http://" + p.ln.Addr().String() }
+func (p *Proxy) URL() string { return "http://" + p.addr }
+
+// Down stops the proxy listening and drops every connection it holds, so
+// clients get "connection refused", as from a stopped S3 server, until Up.
+// Rules and the request log are kept.
+func (p *Proxy) Down() error {
+	p.srvMu.Lock()
+	defer p.srvMu.Unlock()
+	if p.srv == nil {
+		return nil
+	}
+	// Close the listener here: Serve may not have taken it up yet, and
+	// then srv.Close alone would leave it open for a moment.
+	p.ln.Close()
+	err := p.srv.Close()
+	p.srv, p.ln = nil, nil
+	p.transport.CloseIdleConnections()
+	return err
+}
+
+// Up listens again, on the same address, after Down.
+func (p *Proxy) Up() error {
+	p.srvMu.Lock()
+	defer p.srvMu.Unlock()
+	if p.srv != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		return fmt.Errorf("faultproxy: listen again on %s: %w", p.addr, err)
+	}
+	p.serveOn(ln)
+	return nil
+}
 
 // Add appends a rule. Rules are tried in order; the first that matches and
 // is due fires, and every matching rule counts the request.
@@ -242,11 +284,7 @@ func (p *Proxy) Requests() []Request {
 }
 
 // Close stops the proxy and closes its connections.
-func (p *Proxy) Close() error {
-	err := p.srv.Close()
-	p.transport.CloseIdleConnections()
-	return err
-}
+func (p *Proxy) Close() error { return p.Down() }
 
 // pick counts req against every matching rule and returns the rule that
 // fires, if any, and logs the request.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -109,5 +110,22 @@ func TestTruncateAndFlip(t *testing.T) {
 	}
 	if _, _, err := get(t, p.URL()+"/bucket/r"); err == nil {
 		t.Fatal("reset before headers: no error")
+	}
+}
+
+func TestDownRefusesUntilUp(t *testing.T) {
+	srv, body, _ := upstream(t)
+	p := newProxy(t, srv.URL)
+	if err := p.Down(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := get(t, p.URL()+"/bucket/key"); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("while down: %v, want connection refused", err)
+	}
+	if err := p.Up(); err != nil {
+		t.Fatal(err)
+	}
+	if _, got, err := get(t, p.URL()+"/bucket/key"); err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("after up: %v", err)
 	}
 }
