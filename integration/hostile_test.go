@@ -330,8 +330,15 @@ func testHostile(t *testing.T, h *hostileEnv) {
 			t.Errorf("the agent did not refuse the lying layer (fallbacks corrupt+bad_index %v -> %v)", before, after)
 		}
 		ref := h.addIndexed(t, next(), runnable(t, [][]byte{honest}, []digest.Digest{honestID}))
+		served := func() float64 {
+			return h.metric(t, "s3snap_snapshotter_layers_provided_total") + h.metric(t, "s3snap_snapshotter_lazy_layers_total")
+		}
+		before = served()
 		if out, err := h.pullErr(t, ref); err != nil {
 			t.Fatalf("pull the honest image: %v\n%s", err, out)
+		}
+		if after := served(); after <= before {
+			t.Errorf("the honest layer was not served from S3 (provided+lazy %v -> %v)", before, after)
 		}
 		h.checkRight(t, ref, "honest", map[string][]byte{"/etc/motd": []byte("honest")})
 		h.checkSafe(t, pid)

@@ -3,6 +3,7 @@ package snapshotter
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
@@ -12,6 +13,18 @@ import (
 // says it is) does not make the chain ID containerd asked for: nothing is
 // committed, and containerd pulls the layer itself.
 var ErrChainMismatch = errors.New("layer does not make the requested chain id")
+
+// parentChainID is the chain ID a parent snapshot key names. A layer this
+// snapshotter provided is committed under its bare chain ID; one containerd
+// pulled itself is committed through its metadata store, whose backend
+// keys read "<namespace>/<n>/<name>", the name being the chain ID its
+// unpacker verified.
+func parentChainID(key string) string {
+	if i := strings.LastIndexByte(key, '/'); i >= 0 {
+		return key[i+1:]
+	}
+	return key
+}
 
 // checkChain decides whether a layer whose uncompressed digest is diffID
 // may be committed as chainID on top of parent. It trusts nothing a label
@@ -25,7 +38,7 @@ func checkChain(parent string, diffID digest.Digest, chainID string) error {
 	}
 	ids := []digest.Digest{diffID}
 	if parent != "" {
-		p, err := digest.Parse(parent)
+		p, err := digest.Parse(parentChainID(parent))
 		if err != nil {
 			return fmt.Errorf("parent %q is not a chain id: %w", parent, ErrChainMismatch)
 		}

@@ -21,6 +21,8 @@ func TestCheckChain(t *testing.T) {
 	}{
 		{"base layer", "", d1, chain[0].String(), false},
 		{"second layer", chain[0].String(), d2, chain[1].String(), false},
+		{"parent committed through containerd's metadata", "k8s.io/12/" + chain[0].String(), d2, chain[1].String(), false},
+		{"metadata key of another chain", "k8s.io/12/" + d2.String(), d2, chain[1].String(), true},
 		{"base layer lies", "", d2, chain[0].String(), true},
 		{"second layer lies", chain[0].String(), d1, chain[1].String(), true},
 		{"right diff, wrong parent", d2.String(), d2, chain[1].String(), true},

@@ -21,6 +21,6 @@ var (
 	})
 	fallbacks = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "s3snap", Subsystem: "snapshotter", Name: "fallbacks_total",
-		Help: "Layer Prepares left to containerd's own pull, by reason.",
+		Help: "Layer Prepares left to containerd's own pull, by reason: not_mirrored, not_in_bucket, corrupt (a digest, size or chain id that does not match), bad_index (a lazy index that fails validation; the layer is then unpacked), unavailable (the store's circuit breaker is open), error.",
 	}, []string{"reason"})
 )

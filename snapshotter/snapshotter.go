@@ -223,6 +223,8 @@ func (s *Snapshotter) fallback(ctx context.Context, r request, err error) {
 		fallbacks.WithLabelValues("not_in_bucket").Inc()
 	case errors.Is(err, ErrChainMismatch), errors.Is(err, store.ErrDigestMismatch), errors.Is(err, store.ErrSizeMismatch):
 		fallbacks.WithLabelValues("corrupt").Inc()
+	case errors.Is(err, store.ErrUnavailable):
+		fallbacks.WithLabelValues("unavailable").Inc()
 	default:
 		fallbacks.WithLabelValues("error").Inc()
 	}
