@@ -43,9 +43,22 @@ type pullEnv struct {
 	agent    *testenv.Agent
 	ctrd     *testenv.Containerd
 	upstream string
+	// viaCRI pulls with crictl, into the CRI's namespace: containerd 1.7's
+	// ctr unpacks without the remote-snapshot labels, only its CRI sends
+	// them.
+	viaCRI bool
 }
 
+// newPullEnv starts the agent and containerd 2.4, with its CRI when cri is
+// set.
 func newPullEnv(t *testing.T, cri bool) *pullEnv {
+	t.Helper()
+	return newPullEnvFor(t, testenv.Containerd2, cri)
+}
+
+// newPullEnvFor is newPullEnv for containerd version (testenv.Containerd2
+// or Containerd17). On 1.7 the CRI is always on and p.pull goes through it.
+func newPullEnvFor(t *testing.T, version string, cri bool) *pullEnv {
 	t.Helper()
 	e := testenv.S3(t)
 	p := &pullEnv{e: e, bucket: e.NewBucket(t), reg: testenv.StartFSRegistry(t)}
@@ -64,8 +77,15 @@ func newPullEnv(t *testing.T, cri bool) *pullEnv {
 		Registries: map[string]string{p.upstream: "s3://" + p.bucket + "/ecr"},
 		Extra:      "[fetch]\npart_size = \"1MiB\"\n",
 	})
-	p.ctrd = testenv.StartContainerd(t, testenv.ContainerdOptions{Extra: p.agent.ContainerdConfig(p.upstream), CRI: cri})
+	p.startContainerd(t, version, cri)
 	return p
+}
+
+func (p *pullEnv) startContainerd(t *testing.T, version string, cri bool) {
+	t.Helper()
+	p.viaCRI = version == testenv.Containerd17
+	p.ctrd = testenv.StartContainerd(t, testenv.ContainerdOptions{
+		Version: version, CRI: cri || p.viaCRI, Extra: p.agent.ContainerdConfigFor(version, p.upstream)})
 }
 
 // add puts im in the bucket (tagged) and in the upstream registry.
@@ -81,20 +101,54 @@ func (p *pullEnv) add(t *testing.T, repo string, im *testenv.Image, inBucket boo
 	return p.upstream + "/" + repo + ":v1"
 }
 
+// pull pulls ref into the s3snap snapshotter: with ctr, or the CRI on 1.7.
 func (p *pullEnv) pull(t *testing.T, ref string) {
+	t.Helper()
+	if p.viaCRI {
+		p.ctrd.Crictl(t, "pull", ref)
+		return
+	}
+	p.ctrPull(t, ref)
+}
+
+func (p *pullEnv) ctrPull(t *testing.T, ref string) {
 	t.Helper()
 	p.ctrd.Ctr(t, "images", "pull", "--hosts-dir", p.agent.HostsDir, "--snapshotter", "s3snap", ref)
 }
 
-// run runs /hello in a container from ref and checks it printed the
-// expected hash lines.
+// namespace is where p.pull puts images.
+func (p *pullEnv) namespace() string {
+	if p.viaCRI {
+		return testenv.CRINamespace
+	}
+	return p.ctrd.Namespace
+}
+
+// rmi removes the image p.pull pulled, synchronously (its snapshots too).
+func (p *pullEnv) rmi(t *testing.T, ref string) {
+	t.Helper()
+	if p.viaCRI {
+		// The CRI keeps the image under its tag, digest and ID.
+		p.ctrd.Crictl(t, "rmi", ref)
+		return
+	}
+	p.ctrd.Ctr(t, "images", "rm", "--sync", ref)
+}
+
+// run runs /hello in a container from ref (pulled by p.pull) and checks it
+// printed the expected hash lines.
 func (p *pullEnv) run(t *testing.T, ref, id string, files map[string][]byte) {
+	t.Helper()
+	p.runIn(t, p.namespace(), ref, id, files)
+}
+
+func (p *pullEnv) runIn(t *testing.T, ns, ref, id string, files map[string][]byte) {
 	t.Helper()
 	args := []string{"run", "--rm", "--snapshotter", "s3snap", ref, id + "-" + p.ctrd.Namespace, "/hello"}
 	for name := range files {
 		args = append(args, name)
 	}
-	out := p.ctrd.Ctr(t, args...)
+	out := p.ctrd.CtrNS(t, ns, args...)
 	if !strings.Contains(out, "hello from s3snap") {
 		t.Fatalf("container output:\n%s", out)
 	}
@@ -113,9 +167,17 @@ func (p *pullEnv) provided(t *testing.T) float64 {
 // image in the bucket is pulled by its registry reference with zero layer
 // blob downloads (from the registry or the mirror): every layer is fetched
 // from S3 by the snapshotter, and a container from it runs with every file
-// intact, also after the agent and then containerd restart.
+// intact, also after the agent and then containerd restart. On containerd
+// 2.4 ctr pulls; on 1.7, whose ctr sends no layer labels, the CRI does
+// (crictl), and 1.7's ctr pull is a plain pull that must still run.
 func TestAgentPullsLayersFromS3(t *testing.T) {
-	p := newPullEnv(t, false)
+	for _, v := range testenv.ContainerdVersions() {
+		t.Run("containerd-"+v, func(t *testing.T) { testAgentPullsLayersFromS3(t, v) })
+	}
+}
+
+func testAgentPullsLayersFromS3(t *testing.T, version string) {
+	p := newPullEnvFor(t, version, false)
 	files := map[string][]byte{
 		"/data/a": pseudoRandom(1, 3<<20), // three 1 MiB parts
 		"/data/b": bytes.Repeat([]byte("compressible "), 100000),
@@ -165,6 +227,31 @@ func TestAgentPullsLayersFromS3(t *testing.T) {
 			t.Errorf("fallbacks{not_in_bucket} = %v", n)
 		}
 		p.run(t, ref, "upstream", other)
+	})
+
+	if version != testenv.Containerd17 {
+		return
+	}
+	t.Run("ctr pull on 1.7: no layer labels, a plain pull that runs", func(t *testing.T) {
+		plain := map[string][]byte{"/data/plain": pseudoRandom(2, 1<<20)}
+		pim := testenv.RunnableImage(t, []testenv.File{{Name: "data/plain", Data: plain["/data/plain"]}})
+		ref := p.add(t, "team/plain", pim, true)
+		provided := p.provided(t)
+		fallbacks := p.agent.Metric(t, "s3snap_snapshotter_fallbacks_total")
+		p.ctrPull(t, ref)
+		// The agent sees ordinary Prepares: no layer from S3 through the
+		// snapshotter, no fallback counted; the layers come through the
+		// mirror, which serves them from the bucket.
+		if n := p.provided(t); n != provided {
+			t.Errorf("snapshotter provided %v layers for a label-less ctr pull, want none", n-provided)
+		}
+		if n := p.agent.Metric(t, "s3snap_snapshotter_fallbacks_total"); n != fallbacks {
+			t.Errorf("%v fallbacks counted for a label-less ctr pull, want none", n-fallbacks)
+		}
+		if n := registryRequests(t, p.reg, "/v2/team/plain/blobs/"); n != 0 {
+			t.Errorf("containerd downloaded %d blobs from the registry, want 0 (the mirror serves them)", n)
+		}
+		p.runIn(t, p.ctrd.Namespace, ref, "plain", plain)
 	})
 }
 
@@ -243,35 +330,35 @@ func TestAgentFaults(t *testing.T) {
 
 // TestAgentCRIPull is the kubelet's path: containerd's CRI image service
 // with the agent as its snapshotter and snapshot annotations on, pulled
-// with crictl. Every layer comes from S3; the registry serves no blob.
+// with crictl, on every containerd version. Every layer comes from S3; the
+// registry serves no blob.
 func TestAgentCRIPull(t *testing.T) {
-	crictl := testenv.Bin(t, "crictl")
-	p := newPullEnv(t, true)
-	files := map[string][]byte{"/data/cri": pseudoRandom(31, 2<<20)}
-	im := testenv.RunnableImage(t, []testenv.File{{Name: "data/cri", Data: files["/data/cri"]}})
-	ref := p.add(t, "team/cri", im, true)
+	testenv.Bin(t, "crictl")
+	for _, v := range testenv.ContainerdVersions() {
+		t.Run("containerd-"+v, func(t *testing.T) {
+			p := newPullEnvFor(t, v, true)
+			files := map[string][]byte{"/data/cri": pseudoRandom(31, 2<<20)}
+			im := testenv.RunnableImage(t, []testenv.File{{Name: "data/cri", Data: files["/data/cri"]}})
+			ref := p.add(t, "team/cri", im, true)
 
-	endpoint := "unix://" + p.ctrd.Address
-	out := testenv.Run(t, crictl, "--runtime-endpoint", endpoint, "--image-endpoint", endpoint, "--timeout", "60s", "pull", ref)
-	// crictl names an image by its ID, the config's digest.
-	if id := digest.FromBytes(im.Config); !strings.Contains(out, "Image is up to date for "+id.String()) {
-		t.Errorf("crictl pull printed %q, want image %s", out, id)
-	}
-	if n := p.provided(t); int(n) != len(im.Layers) {
-		t.Errorf("snapshotter provided %v layers from S3, want %d", n, len(im.Layers))
-	}
-	if n := registryRequests(t, p.reg, "/v2/team/cri/blobs/"); n != 0 {
-		t.Errorf("the registry served %d blobs, want 0", n)
-	}
-	images := testenv.Run(t, crictl, "--runtime-endpoint", endpoint, "--image-endpoint", endpoint, "images", "--digests")
-	if !strings.Contains(images, p.upstream+"/team/cri") {
-		t.Errorf("crictl images does not list the image:\n%s", images)
-	}
-	// The CRI's image lives in containerd's k8s.io namespace; run it there
-	// with the snapshotter it was unpacked into.
-	run := testenv.Run(t, testenv.Bin(t, "ctr"), "--address", p.ctrd.Address, "--namespace", "k8s.io",
-		"run", "--rm", "--snapshotter", "s3snap", ref, "cri-run-"+p.ctrd.Namespace, "/hello", "/data/cri")
-	if !strings.Contains(run, hashLine("/data/cri", files["/data/cri"])) {
-		t.Errorf("container output:\n%s", run)
+			out := p.ctrd.Crictl(t, "pull", ref)
+			// crictl names an image by its ID, the config's digest.
+			if id := digest.FromBytes(im.Config); !strings.Contains(out, "Image is up to date for "+id.String()) {
+				t.Errorf("crictl pull printed %q, want image %s", out, id)
+			}
+			if n := p.provided(t); int(n) != len(im.Layers) {
+				t.Errorf("snapshotter provided %v layers from S3, want %d", n, len(im.Layers))
+			}
+			if n := registryRequests(t, p.reg, "/v2/team/cri/blobs/"); n != 0 {
+				t.Errorf("the registry served %d blobs, want 0", n)
+			}
+			images := p.ctrd.Crictl(t, "images", "--digests")
+			if !strings.Contains(images, p.upstream+"/team/cri") {
+				t.Errorf("crictl images does not list the image:\n%s", images)
+			}
+			// The CRI's image lives in containerd's k8s.io namespace; run it
+			// there with the snapshotter it was unpacked into.
+			p.runIn(t, testenv.CRINamespace, ref, "cri-run", files)
+		})
 	}
 }

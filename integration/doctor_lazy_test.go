@@ -20,7 +20,7 @@ import (
 // its listing (ListBucket): lazy mode would otherwise silently never
 // engage.
 func TestDoctorLazyIndexAccess(t *testing.T) {
-	n := newInstalledNode(t, stockConfigs(t)["2.x"], "2.x")
+	n := newInstalledNode(t, stockConfigs(t)["2.x"], "2.x", testenv.Containerd2)
 	ctx := context.Background()
 	im := testenv.RunnableImage(t, []testenv.File{{Name: "data/l", Data: pseudoRandom(71, 256<<10)}})
 	testenv.PutImage(t, n.st, "team/lazy", im)

@@ -6,8 +6,9 @@
 #   registry      CNCF Distribution (filesystem)      127.0.0.1:${S3SNAP_REGISTRY_PORT:-15000}
 #
 # It also installs, at pinned versions, what tests start on demand: crane,
-# containerd + ctr + shim, Debian's runc and fuse3. Go binaries are built once
-# with `go install` into a cache outside the repo and reused.
+# containerd + ctr + shim (2.4, and 1.7 in bin/containerd-1.7/), crictl,
+# Debian's runc and fuse3. Go binaries are built once with `go install` into a
+# cache outside the repo and reused.
 #
 # Usage: integration/env.sh install|up|down|status|env
 #   install  build/install the tools only
@@ -20,6 +21,7 @@ VERSITYGW_VERSION=v1.8.0
 DISTRIBUTION_VERSION=v3.1.2
 CRANE_VERSION=v0.22.1
 CONTAINERD_VERSION=v2.4.2
+CONTAINERD17_VERSION=v1.7.29
 STATICCHECK_VERSION=v0.8.2
 CRICTL_VERSION=v1.34.0
 
@@ -71,6 +73,37 @@ build_crictl() {
   echo "$CRICTL_VERSION" >"$stamp"
 }
 
+# build_containerd17: containerd 1.7 (most EKS nodes still run it) with its
+# ctr and shim, into $BIN/containerd-1.7/: the shim must keep its name
+# containerd-shim-runc-v2, so it cannot sit next to 2.4's. `go install`
+# refuses the module (its go.mod has exclude directives), so build it from a
+# throwaway module that requires the pinned version.
+build_containerd17() {
+  local dir="$BIN/containerd-1.7" stamp="$BIN/containerd-1.7/.version" name
+  local ok=1 want="$CONTAINERD17_VERSION (version stamped)"
+  for name in containerd ctr containerd-shim-runc-v2; do [[ -x "$dir/$name" ]] || ok=0; done
+  if [[ $ok == 1 && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
+    return 0
+  fi
+  log "building containerd $CONTAINERD17_VERSION (containerd, ctr, containerd-shim-runc-v2) into $dir"
+  local mod pkg=github.com/containerd/containerd
+  mod=$(mktemp -d)
+  # (set -e does not apply in a subshell that is the left of ||: chain with &&.)
+  (
+    cd "$mod" &&
+      export GOFLAGS="-mod=mod -buildvcs=false" &&
+      go mod init containerd17build >/dev/null 2>&1 &&
+      out=$(go get "$pkg@$CONTAINERD17_VERSION" 2>&1) || { echo "$out" >&2; exit 1; }
+    # `containerd --version` says the version as a release build does
+    # (s3snap install reads it), not 1.7.29+unknown.
+    mkdir -p "$dir" &&
+      go build -ldflags "-X $pkg/version.Version=$CONTAINERD17_VERSION" -o "$dir/" \
+        "$pkg/cmd/containerd" "$pkg/cmd/ctr" "$pkg/cmd/containerd-shim-runc-v2"
+  ) || { rm -rf "$mod"; die "building containerd $CONTAINERD17_VERSION failed"; }
+  rm -rf "$mod"
+  echo "$want" >"$stamp"
+}
+
 install_debs() {
   local missing=()
   command -v runc >/dev/null || missing+=(runc)
@@ -96,6 +129,7 @@ install() {
   gobuild github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 "$CONTAINERD_VERSION" containerd-shim-runc-v2
   gobuild honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION" staticcheck
   build_crictl
+  build_containerd17
 }
 
 running() { [[ -f "$STATE/$1.pid" ]] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }

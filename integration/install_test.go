@@ -189,7 +189,10 @@ type installedNode struct {
 	bucket         string
 }
 
-func newInstalledNode(t *testing.T, stock []byte, ctrName string) *installedNode {
+// newInstalledNode installs s3snap into a root holding stock config
+// ctrName ("1.7", "2.x", "2.4-default") and starts the agent and containerd
+// version (testenv.Containerd2 or Containerd17) from what it wrote.
+func newInstalledNode(t *testing.T, stock []byte, ctrName, version string) *installedNode {
 	t.Helper()
 	e := testenv.S3(t)
 	n := &installedNode{e: e, root: t.TempDir(), reg: testenv.StartFSRegistry(t), bucket: e.NewBucket(t)}
@@ -203,24 +206,40 @@ func newInstalledNode(t *testing.T, stock []byte, ctrName string) *installedNode
 	// node path is made to lead there, as it would on the booted image.
 	n.hostsDir = filepath.Join(state, "certs.d")
 	// The 1.7 config is installed as for a 1.7 node (version 2 keys only),
-	// then run by containerd 2.4, which migrates it, as after an upgrade.
-	ctrVersion := "2.4.2"
-	if ctrName == "1.7" {
-		ctrVersion = "1.7.27"
-	}
-	writeTreeFile(t, filepath.Join(n.root, systemd.ContainerdCfg), stock)
+	// then run by containerd 2.4, which migrates it, as after an upgrade, or
+	// by containerd 1.7 itself, whose binary in the root install asks for its
+	// version, as on an EKS AL2 node.
 	// Ports below 1024, as the defaults are: doctor warns about others.
 	ports := privilegedAddrs(t, 2)
-	install(t, "--root", n.root, "--bucket", n.bucket, "--prefix", "ecr",
-		"--registry", n.reg.Addr+"=http://"+n.reg.Addr, "--region", e.Region, "--endpoint", e.Endpoint,
+	args := []string{"--root", n.root, "--bucket", n.bucket, "--prefix", "ecr",
+		"--registry", n.reg.Addr + "=http://" + n.reg.Addr, "--region", e.Region, "--endpoint", e.Endpoint,
 		"--socket", filepath.Join(state, "run", "s3snap.sock"), "--state-dir", filepath.Join(state, "root"),
 		"--mirror-address", ports[0], "--metrics-address", ports[1],
-		"--hosts-dir", n.hostsDir, "--containerd-version", ctrVersion)
+		"--hosts-dir", n.hostsDir}
+	switch {
+	case version == testenv.Containerd17:
+		bin := filepath.Join(n.root, "usr/bin/containerd")
+		if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(testenv.ContainerdBin(t, version, "containerd"), bin); err != nil {
+			t.Fatal(err)
+		}
+	case ctrName == "1.7":
+		args = append(args, "--containerd-version", "1.7.27")
+	default:
+		args = append(args, "--containerd-version", "2.4.2")
+	}
+	writeTreeFile(t, filepath.Join(n.root, systemd.ContainerdCfg), stock)
+	res := install(t, args...)
+	if version == testenv.Containerd17 && (res.ContainerdVersion != "1.7.29" || res.ConfigVersion != 2) {
+		t.Fatalf("install on a containerd 1.7.29 root: containerd %q, config version %d; want 1.7.29 and 2", res.ContainerdVersion, res.ConfigVersion)
+	}
 	if err := os.Symlink(filepath.Join(n.root, n.hostsDir), n.hostsDir); err != nil {
 		t.Fatal(err)
 	}
 	n.agent = testenv.StartAgent(t, testenv.AgentOptions{S3: e, ConfigPath: filepath.Join(n.root, "etc/s3snap/config.toml")})
-	n.ctrd = testenv.StartContainerd(t, testenv.ContainerdOptions{ConfigFile: filepath.Join(n.root, systemd.ContainerdCfg)})
+	n.ctrd = testenv.StartContainerd(t, testenv.ContainerdOptions{Version: version, ConfigFile: filepath.Join(n.root, systemd.ContainerdCfg)})
 	return n
 }
 
@@ -250,12 +269,19 @@ func (n *installedNode) doctor(t *testing.T, env []string) (doctor.Report, int) 
 // TestInstalledNodePullsFromS3: the installer's output alone (no
 // hand-written config), merged into each stock config, makes containerd
 // pull an image's layers from S3 through the CRI as the kubelet does, and
-// run it; s3snap doctor calls that node healthy.
+// run it; s3snap doctor calls that node healthy. Every stock config runs
+// on containerd 2.4; the 1.7 one also on containerd 1.7 (an EKS AL2 node).
 func TestInstalledNodePullsFromS3(t *testing.T) {
-	crictl := testenv.Bin(t, "crictl")
-	for name, stock := range stockConfigs(t) {
-		t.Run(name, func(t *testing.T) {
-			n := newInstalledNode(t, stock, name)
+	testenv.Bin(t, "crictl")
+	stocks := stockConfigs(t)
+	type node struct{ config, version string }
+	nodes := []node{{"1.7", testenv.Containerd17}}
+	for name := range stocks {
+		nodes = append(nodes, node{name, testenv.Containerd2})
+	}
+	for _, nd := range nodes {
+		t.Run(nd.config+"/containerd-"+nd.version, func(t *testing.T) {
+			n := newInstalledNode(t, stocks[nd.config], nd.config, nd.version)
 			files := map[string][]byte{"/data/x": pseudoRandom(51, 2<<20)}
 			im := testenv.RunnableImage(t, []testenv.File{{Name: "data/x", Data: files["/data/x"]}}, []testenv.File{{Name: "etc/y", Data: []byte("y")}})
 			testenv.PutImage(t, n.st, "team/app", im)
@@ -265,16 +291,14 @@ func TestInstalledNodePullsFromS3(t *testing.T) {
 			testenv.PushToRegistry(t, n.reg.Addr, "team/app", "v1", im)
 			ref := n.reg.Addr + "/team/app:v1"
 
-			endpoint := "unix://" + n.ctrd.Address
-			testenv.Run(t, crictl, "--runtime-endpoint", endpoint, "--image-endpoint", endpoint, "--timeout", "60s", "pull", ref)
+			n.ctrd.Crictl(t, "pull", ref)
 			if got := n.agent.Metric(t, "s3snap_snapshotter_layers_provided_total"); int(got) != len(im.Layers) {
 				t.Errorf("snapshotter provided %v layers from S3, want %d", got, len(im.Layers))
 			}
 			if got := registryRequests(t, n.reg, "/v2/team/app/blobs/"); got != 0 {
 				t.Errorf("the registry served %d blobs, want 0", got)
 			}
-			out := testenv.Run(t, testenv.Bin(t, "ctr"), "--address", n.ctrd.Address, "--namespace", "k8s.io",
-				"run", "--rm", "--snapshotter", "s3snap", ref, "installed-"+n.ctrd.Namespace, "/hello", "/data/x")
+			out := n.ctrd.CtrNS(t, testenv.CRINamespace, "run", "--rm", "--snapshotter", "s3snap", ref, "installed-"+n.ctrd.Namespace, "/hello", "/data/x")
 			if !strings.Contains(out, hashLine("/data/x", files["/data/x"])) {
 				t.Errorf("container output:\n%s", out)
 			}
@@ -290,7 +314,7 @@ func TestInstalledNodePullsFromS3(t *testing.T) {
 // healthy, and names the broken piece when the bucket is unreadable, the
 // snapshot annotations are disabled, or the agent is stopped.
 func TestDoctorNamesBrokenPiece(t *testing.T) {
-	n := newInstalledNode(t, stockConfigs(t)["2.x"], "2.x")
+	n := newInstalledNode(t, stockConfigs(t)["2.x"], "2.x", testenv.Containerd2)
 	im := testenv.RunnableImage(t, []testenv.File{{Name: "data/d", Data: pseudoRandom(61, 1<<20)}})
 	testenv.PutImage(t, n.st, "team/doc", im)
 	if err := n.st.Tag(context.Background(), "team/doc", "v1", im.Digest); err != nil {

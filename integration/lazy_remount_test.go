@@ -40,7 +40,7 @@ func TestAgentLazyLayerNeverShownEmpty(t *testing.T) {
 	ref := reg.Addr + "/team/app:v1"
 	runIndex(t, indexCLI(t, e), "s3://"+bucket+"/ecr/team/app:v1")
 
-	p := newLazyEnv(t, e, bucket, reg)
+	p := newLazyEnv(t, testenv.Containerd2, e, bucket, reg)
 	p.pull(t, ref)
 	p.run(t, ref, "before", files)
 

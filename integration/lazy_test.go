@@ -18,9 +18,11 @@ import (
 	"github.com/s3snap/s3snap/store"
 )
 
-// lazyEnv is an agent with [lazy] enabled between a private containerd and
-// a bucket, with a real registry upstream holding the same images.
-func newLazyEnv(t *testing.T, e *testenv.S3Env, bucket string, reg *testenv.Registry) *pullEnv {
+// newLazyEnv starts an agent with [lazy] enabled between a private
+// containerd of version (testenv.Containerd2 or Containerd17; 1.7 pulls
+// through its CRI) and a bucket, with a real registry upstream holding the
+// same images.
+func newLazyEnv(t *testing.T, version string, e *testenv.S3Env, bucket string, reg *testenv.Registry) *pullEnv {
 	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		testenv.Unavailable(t, "lazy mode needs /dev/fuse: %v", err)
@@ -32,7 +34,7 @@ func newLazyEnv(t *testing.T, e *testenv.S3Env, bucket string, reg *testenv.Regi
 		Registries: map[string]string{p.upstream: "s3://" + bucket + "/ecr"},
 		Extra:      "[fetch]\npart_size = \"1MiB\"\n\n[lazy]\nenabled = true\n",
 	})
-	p.ctrd = testenv.StartContainerd(t, testenv.ContainerdOptions{Extra: p.agent.ContainerdConfig(p.upstream)})
+	p.startContainerd(t, version, false)
 	return p
 }
 
@@ -84,8 +86,15 @@ func lazyMounts(t *testing.T, dir string) []string {
 // an agent in lazy mode with zero layer downloads and no unpacking: every
 // layer is a FUSE mount, a container from it runs and reads every file
 // intact, and it still runs after the agent restarts. The registry layout
-// in the bucket is untouched by indexing.
+// in the bucket is untouched by indexing. On every containerd version (1.7
+// pulls through its CRI).
 func TestAgentLazyPull(t *testing.T) {
+	for _, v := range testenv.ContainerdVersions() {
+		t.Run("containerd-"+v, func(t *testing.T) { testAgentLazyPull(t, v) })
+	}
+}
+
+func testAgentLazyPull(t *testing.T, version string) {
 	e := testenv.S3(t)
 	bucket := e.NewBucket(t)
 	reg := testenv.StartFSRegistry(t)
@@ -129,7 +138,7 @@ func TestAgentLazyPull(t *testing.T) {
 		}
 	}
 
-	p := newLazyEnv(t, e, bucket, reg)
+	p := newLazyEnv(t, version, e, bucket, reg)
 	p.pull(t, ref)
 	if n := p.agent.Metric(t, "s3snap_snapshotter_lazy_layers_total"); int(n) != len(im.Layers) {
 		t.Errorf("%v layers mounted lazily, want %d", n, len(im.Layers))
@@ -176,7 +185,7 @@ func TestAgentLazyPull(t *testing.T) {
 	})
 
 	t.Run("remove the image: mounts go", func(t *testing.T) {
-		p.ctrd.Ctr(t, "images", "rm", "--sync", ref)
+		p.rmi(t, ref)
 		if m := lazyMounts(t, p.agent.Root); len(m) != 0 {
 			t.Errorf("after image removal FUSE mounts remain: %v", m)
 		}
@@ -213,7 +222,7 @@ func TestAgentLazyCorruptChunk(t *testing.T) {
 	data[c.Offset+c.Size/2] ^= 0x01
 	putObject(t, e, bucket, key, data)
 
-	p := newLazyEnv(t, e, bucket, reg)
+	p := newLazyEnv(t, testenv.Containerd2, e, bucket, reg)
 	ref := reg.Addr + "/team/app:v1"
 	p.pull(t, ref)
 	out, err := p.ctrd.CtrErr(t, "run", "--rm", "--snapshotter", "s3snap", ref, "corrupt-"+p.ctrd.Namespace, "/hello", "/data/bad", "/etc/good")

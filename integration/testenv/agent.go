@@ -160,6 +160,35 @@ func (a *Agent) ContainerdConfig(upstreamHost string) string {
 	return agent.ContainerdConfig(a.Config, agent.ContainerdOptions{HostsDir: a.HostsDir, CRI: true})
 }
 
+// ContainerdConfigFor is ContainerdConfig for containerd version (see
+// ContainerdVersions). For Containerd17 it is the version 2 snippet s3snap
+// install merges for 1.7 (systemd/containerd-1.7.toml): the proxy plugin, and
+// the CRI's snapshotter, snapshot annotations (1.7's CRI passes layer labels
+// only with them) and config_path. 1.7 has no unpack_config to set: its ctr
+// unpacks locally.
+func (a *Agent) ContainerdConfigFor(version, upstreamHost string) string {
+	t := a.t
+	t.Helper()
+	snippet := a.ContainerdConfig(upstreamHost)
+	if version != Containerd17 {
+		return snippet
+	}
+	return fmt.Sprintf(`[proxy_plugins.%[1]s]
+  type = "snapshot"
+  address = %[2]q
+  [proxy_plugins.%[1]s.exports]
+    root = %[3]q
+    enable_remote_snapshot_annotations = "true"
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = %[1]q
+  disable_snapshot_annotations = false
+
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = %[4]q
+`, agent.PluginName, a.Config.Socket, a.Config.Root, a.HostsDir)
+}
+
 // Metric returns the sum of the agent's metric name over the series whose
 // labels include every label given as "key=value".
 func (a *Agent) Metric(t testing.TB, name string, labels ...string) float64 {
