@@ -64,8 +64,8 @@ func newHostileEnv(t *testing.T, version string, lazyMode bool) *hostileEnv {
 		Registries: map[string]string{p.upstream: "s3://" + p.bucket + "/ecr"},
 		Extra:      extra,
 	})
-	h := &hostileEnv{pullEnv: p, lazy: lazyMode, cri: version == "1.7"}
-	p.ctrd = startContainerdVersion(t, version, p.agent.ContainerdConfig(p.upstream), h.cri)
+	h := &hostileEnv{pullEnv: p, lazy: lazyMode, cri: version == testenv.Containerd17}
+	p.ctrd = startContainerdVersion(t, version, p.agent, p.upstream, h.cri)
 	h.outside = t.TempDir()
 	h.victim = filepath.Join(h.outside, "victim")
 	writeFile(t, h.victim, []byte("untouched"))
@@ -92,7 +92,7 @@ func (h *hostileEnv) runFiles(t *testing.T, ref, id string, files ...string) str
 		ns = "k8s.io"
 	}
 	args := append([]string{"--address", h.ctrd.Address, "--namespace", ns, "run", "--rm", "--snapshotter", "s3snap", ref, id + "-" + h.ctrd.Namespace, "/hello"}, files...)
-	out, _ := testenv.RunErr(context.Background(), testenv.Bin(t, "ctr"), args...)
+	out, _ := testenv.RunErr(context.Background(), h.ctrd.CtrBin, args...)
 	return out
 }
 

@@ -177,7 +177,7 @@ func TestAgentTreeMatchesContainerd(t *testing.T) {
 	}
 	top := identity.ChainID(diffIDs).String()
 
-	eager := newHostileEnv(t, "2", false)
+	eager := newHostileEnv(t, testenv.Containerd2, false)
 	ref := eager.addIndexed(t, "tree/app", im)
 	// containerd's own unpack, into its overlayfs snapshotter.
 	eager.ctrd.Ctr(t, "images", "pull", "--hosts-dir", eager.agent.HostsDir, ref)
@@ -191,7 +191,7 @@ func TestAgentTreeMatchesContainerd(t *testing.T) {
 	}
 	gotEager := layerDirs(t, eager, "s3snap", top, len(im.Layers))
 
-	lz := newHostileEnv(t, "2", true)
+	lz := newHostileEnv(t, testenv.Containerd2, true)
 	ref = lz.addIndexed(t, "tree/app", im)
 	if out, err := lz.pullErr(t, ref); err != nil {
 		t.Fatalf("lazy pull: %v\n%s", err, out)
