@@ -6,8 +6,10 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"math"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/pkg/archive/compression"
 	"github.com/klauspost/compress/zstd"
@@ -15,8 +17,9 @@ import (
 )
 
 type buildOptions struct {
-	chunkSize int64
-	jobs      int
+	chunkSize   int64
+	jobs        int
+	streamLimit int64 // tests: a tighter MaxStreamSize
 }
 
 // BuildOption configures Build.
@@ -25,6 +28,9 @@ type BuildOption func(*buildOptions)
 // WithChunkSize sets the uncompressed chunk size (default 1 MiB, at most
 // MaxChunkSize).
 func WithChunkSize(n int64) BuildOption { return func(o *buildOptions) { o.chunkSize = n } }
+
+// withStreamLimit lowers MaxStreamSize for one build (fuzzing).
+func withStreamLimit(n int64) BuildOption { return func(o *buildOptions) { o.streamLimit = n } }
 
 // WithJobs sets how many chunks are compressed at once (default: CPUs).
 func WithJobs(n int) BuildOption { return func(o *buildOptions) { o.jobs = n } }
@@ -55,6 +61,14 @@ func Build(ctx context.Context, layer digest.Digest, blob io.Reader, data io.Wri
 	}
 	defer cw.abort()
 	toc := &TOC{Version: Version, Layer: layer, ChunkSize: o.chunkSize}
+	// The bounds DecodeTOC applies, checked as the layer is read: a
+	// hostile tar fails here, at the entry that breaks one, and never
+	// holds more than a TOC's worth of entries in memory.
+	streamLimit := min(MaxStreamSize, MaxChunks*o.chunkSize)
+	if o.streamLimit > 0 {
+		streamLimit = min(streamLimit, o.streamLimit)
+	}
+	var meta int64 // a lower bound of the TOC's JSON size
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -73,11 +87,20 @@ func Build(ctx context.Context, layer digest.Digest, blob io.Reader, data io.Wri
 		if e == nil {
 			continue
 		}
+		if len(toc.Entries) >= MaxEntries {
+			return nil, fmt.Errorf("layer %s: more than %d entries: %w", layer, MaxEntries, ErrInvalidIndex)
+		}
+		if meta += entryJSONSize(e); meta > MaxTOCJSONSize {
+			return nil, fmt.Errorf("layer %s: its toc would be more than %d bytes: %w", layer, MaxTOCJSONSize, ErrInvalidIndex)
+		}
 		if e.Type == TypeReg {
+			if hdr.Size > streamLimit-cw.written {
+				return nil, fmt.Errorf("layer %s: %.64q of %d bytes: file contents past %d bytes: %w", layer, e.Name, hdr.Size, streamLimit, ErrInvalidIndex)
+			}
 			e.Offset = cw.written
 			n, err := io.Copy(cw, tr)
 			if err != nil {
-				return nil, fmt.Errorf("read layer %s: %s: %w", layer, hdr.Name, err)
+				return nil, fmt.Errorf("read layer %s: %.64q: %w", layer, hdr.Name, err)
 			}
 			e.Size = n
 		}
@@ -104,9 +127,35 @@ func Build(ctx context.Context, layer digest.Digest, blob io.Reader, data io.Wri
 	return toc, nil
 }
 
-// entryOf converts a tar header; nil means the entry carries nothing to
-// present (a PAX global header).
+// entryJSONSize is a lower bound of an entry's size in the TOC's JSON.
+func entryJSONSize(e *Entry) int64 {
+	n := int64(len(`{"name":"","type":"","mode":0,"uid":0,"gid":0,"mtime":0}`) + len(e.Name) + len(e.Type) + len(e.Linkname))
+	for k, v := range e.Xattrs {
+		n += int64(len(k) + len(v)*4/3)
+	}
+	return n
+}
+
+// Times outside what a TOC (unix nanoseconds) holds are the epoch, as
+// containerd's unpacker sets them.
+var (
+	minTime = time.Unix(0, 0)
+	maxTime = time.Unix(0, math.MaxInt64)
+)
+
+func boundTime(t time.Time) int64 {
+	if t.Before(minTime) || t.After(maxTime) {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// entryOf converts a tar header and checks it (checkEntry); nil means the
+// entry carries nothing to present (a PAX global header).
 func entryOf(hdr *tar.Header) (*Entry, error) {
+	if hdr.Typeflag == tar.TypeXGlobalHeader {
+		return nil, nil
+	}
 	name, err := CleanName(hdr.Name)
 	if err != nil {
 		return nil, err
@@ -116,7 +165,7 @@ func entryOf(hdr *tar.Header) (*Entry, error) {
 		Mode:    uint32(hdr.Mode) & 07777,
 		UID:     hdr.Uid,
 		GID:     hdr.Gid,
-		ModTime: hdr.ModTime.UnixNano(),
+		ModTime: boundTime(hdr.ModTime),
 	}
 	switch hdr.Typeflag {
 	case tar.TypeReg, tar.TypeRegA: //lint:ignore SA1019 old archives still carry it
@@ -128,7 +177,7 @@ func entryOf(hdr *tar.Header) (*Entry, error) {
 	case tar.TypeLink:
 		target, err := CleanName(hdr.Linkname)
 		if err != nil || target == "" {
-			return nil, fmt.Errorf("hard link %q to %q: %w", hdr.Name, hdr.Linkname, ErrUnsafePath)
+			return nil, fmt.Errorf("hard link %.64q to %.64q: %w", hdr.Name, hdr.Linkname, ErrUnsafePath)
 		}
 		e.Type, e.Linkname = TypeHardlink, target
 	case tar.TypeChar, tar.TypeBlock:
@@ -138,10 +187,8 @@ func entryOf(hdr *tar.Header) (*Entry, error) {
 		}
 	case tar.TypeFifo:
 		e.Type = TypeFifo
-	case tar.TypeXGlobalHeader:
-		return nil, nil
 	default:
-		return nil, fmt.Errorf("entry %q: unsupported tar type %q", hdr.Name, hdr.Typeflag)
+		return nil, fmt.Errorf("entry %.64q: unsupported tar type %q", hdr.Name, hdr.Typeflag)
 	}
 	for k, v := range hdr.PAXRecords {
 		if x, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
@@ -150,6 +197,9 @@ func entryOf(hdr *tar.Header) (*Entry, error) {
 			}
 			e.Xattrs[x] = []byte(v)
 		}
+	}
+	if err := checkEntry(e); err != nil {
+		return nil, err
 	}
 	return e, nil
 }

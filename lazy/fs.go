@@ -16,18 +16,20 @@ import (
 
 // Mount presents layer l read-only at dir with FUSE, as overlayfs expects a
 // lower directory: whiteouts as 0:0 character devices, opaque directories
-// by xattr, owners, modes, times, links and xattrs as in the tar. It is
-// mounted allow_other with default_permissions (the kernel checks modes),
-// and everything is cached by the kernel for as long as it is mounted: the
-// layer never changes. A read whose chunk cannot be fetched or fails
-// verification returns EIO, never data.
-func Mount(ctx context.Context, dir string, l *Layer, treeOpts ...TreeOption) (*fuse.Server, error) {
-	root, err := Tree(l.toc, treeOpts...)
+// by xattr, owners, modes, times, links and xattrs as in the tar (implied
+// directories as opts say, see WithImplicitDirs). It is mounted allow_other
+// with default_permissions (the kernel checks modes), and everything is
+// cached by the kernel for as long as it is mounted: the layer never
+// changes. A read whose chunk cannot be fetched or fails verification
+// returns EIO, never data. The tree is built and checked before anything
+// is mounted.
+func Mount(ctx context.Context, dir string, l *Layer, opts ...TreeOption) (*fuse.Server, error) {
+	root, err := Tree(l.toc, opts...)
 	if err != nil {
 		return nil, err
 	}
 	forever := 24 * time.Hour
-	opts := &fs.Options{
+	fsOpts := &fs.Options{
 		MountOptions: fuse.MountOptions{
 			AllowOther:   true,
 			FsName:       "s3snap:" + l.toc.Layer.Encoded()[:12],
@@ -41,12 +43,33 @@ func Mount(ctx context.Context, dir string, l *Layer, treeOpts ...TreeOption) (*
 		NegativeTimeout: &forever,
 		NullPermissions: true, // mode 0 (whiteouts, 000 files) stays 0
 	}
-	n := &rootNode{node{n: root, l: l, ctx: ctx}}
-	srv, err := fs.Mount(dir, n, opts)
+	rawFS, err := newNodeFS(&rootNode{node{n: root, l: l, ctx: ctx}}, fsOpts)
+	if err != nil {
+		return nil, err
+	}
+	// As fs.Mount, with the inode tree (OnAdd) built above.
+	srv, err := fuse.NewServer(rawFS, dir, &fsOpts.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("fuse mount %s: %w", dir, err)
 	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		return nil, fmt.Errorf("fuse mount %s: %w", dir, err)
+	}
 	return srv, nil
+}
+
+// newNodeFS builds the go-fuse inode tree (rootNode.OnAdd runs here,
+// before anything is mounted). go-fuse panics on names it cannot hold;
+// Tree rejects those, and a panic still becomes an error, not a crash of
+// the agent.
+func newNodeFS(root *rootNode, opts *fs.Options) (rawFS fuse.RawFileSystem, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("layer %s: building its file system: %v: %w", root.l.toc.Layer, r, ErrInvalidIndex)
+		}
+	}()
+	return fs.NewNodeFS(root, opts), nil
 }
 
 // node is one file of the mounted layer.
@@ -78,23 +101,28 @@ var (
 // OnAdd builds the whole tree at mount time, with persistent inodes so
 // the kernel forgetting one never loses it. Hard links share an inode.
 func (r *rootNode) OnAdd(ctx context.Context) {
+	type dirInode struct {
+		in *fs.Inode
+		n  *Node
+	}
 	made := map[*Node]*fs.Inode{r.n: &r.Inode}
-	var add func(parent *fs.Inode, n *Node)
-	add = func(parent *fs.Inode, n *Node) {
-		for _, name := range n.Names() {
-			c := n.Children[name]
+	stack := []dirInode{{&r.Inode, r.n}}
+	for len(stack) > 0 {
+		d := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, name := range d.n.Names() {
+			c := d.n.Children[name]
 			in, ok := made[c]
 			if !ok {
-				in = parent.NewPersistentInode(ctx, &node{n: c, l: r.l, ctx: r.ctx}, fs.StableAttr{Mode: fileType(c.Entry.Type), Ino: c.Ino})
+				in = d.in.NewPersistentInode(ctx, &node{n: c, l: r.l, ctx: r.ctx}, fs.StableAttr{Mode: fileType(c.Entry.Type), Ino: c.Ino})
 				made[c] = in
+				if c.IsDir() {
+					stack = append(stack, dirInode{in, c})
+				}
 			}
-			parent.AddChild(name, in, true)
-			if !ok && c.IsDir() {
-				add(in, c)
-			}
+			d.in.AddChild(name, in, true)
 		}
 	}
-	add(&r.Inode, r.n)
 }
 
 func fileType(t Type) uint32 {

@@ -20,7 +20,7 @@ import (
 // built, or not finished) is an error wrapping ErrNoIndex; the encoded
 // bytes are returned too, to keep a local copy.
 func FetchTOC(ctx context.Context, st *store.Store, layer digest.Digest) (*TOC, []byte, error) {
-	b, err := st.GetExtra(ctx, Key(layer, "toc"), maxTOCSize)
+	b, err := st.GetExtra(ctx, Key(layer, "toc"), MaxTOCSize)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil, fmt.Errorf("layer %s in %s: %w", layer, st.URL(), ErrNoIndex)
 	}
@@ -32,15 +32,39 @@ func FetchTOC(ctx context.Context, st *store.Store, layer digest.Digest) (*TOC, 
 		return nil, nil, err
 	}
 	if toc.Layer != layer {
-		return nil, nil, fmt.Errorf("toc stored for %s describes %s: %w", layer, toc.Layer, ErrInvalidIndex)
+		return nil, nil, fmt.Errorf("toc stored for %s describes %.80s: %w", layer, toc.Layer, ErrInvalidIndex)
+	}
+	if err := checkDataSize(ctx, st, toc); err != nil {
+		return nil, nil, err
 	}
 	return toc, b, nil
 }
 
+// checkDataSize checks toc's data object in st is the size the TOC says:
+// a TOC describing another (or a truncated) data object is invalid. No
+// data object at all is too: the TOC is written last.
+func checkDataSize(ctx context.Context, st *store.Store, toc *TOC) error {
+	size, err := st.StatExtra(ctx, Key(toc.Layer, "data"))
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("layer %s in %s: toc without a data object: %w: %w", toc.Layer, st.URL(), ErrInvalidIndex, err)
+	}
+	if err != nil {
+		return err
+	}
+	if size != toc.DataSize {
+		return fmt.Errorf("layer %s in %s: data object of %d bytes, the toc says %d: %w", toc.Layer, st.URL(), size, toc.DataSize, ErrInvalidIndex)
+	}
+	return nil
+}
+
 // OpenData returns an OpenFunc reading toc's data object from st, bound to
-// ctx (the mount's lifetime).
+// ctx (the mount's lifetime). It checks the object's size against the TOC
+// first (one HEAD): the TOC may be a local copy, older than the bucket.
 func OpenData(ctx context.Context, st *store.Store, toc *TOC) OpenFunc {
 	return func() (io.ReaderAt, error) {
+		if err := checkDataSize(ctx, st, toc); err != nil {
+			return nil, err
+		}
 		return st.ExtraReaderAt(ctx, Key(toc.Layer, "data"), toc.DataSize)
 	}
 }
@@ -109,6 +133,10 @@ func IndexLayer(ctx context.Context, st *store.Store, layer, diffID digest.Diges
 	b, err := toc.Encode()
 	if err != nil {
 		return res, err
+	}
+	// Never publish a TOC the loader would reject.
+	if _, err := DecodeTOC(b); err != nil {
+		return res, fmt.Errorf("built an unreadable toc for %s: %w", layer, err)
 	}
 	if err := st.PutExtra(ctx, Key(layer, "toc"), bytes.NewReader(b)); err != nil {
 		return res, fmt.Errorf("upload index toc of %s: %w", layer, err)

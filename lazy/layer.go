@@ -65,6 +65,9 @@ func (l *Layer) frame(i int) ([]byte, error) {
 		return nil, err
 	}
 	c := l.toc.Chunks[i]
+	if c.Size <= 0 || c.Size > MaxFrameSize {
+		return nil, fmt.Errorf("chunk %d of layer %s: %d bytes compressed: %w", i, l.toc.Layer, c.Size, ErrInvalidIndex)
+	}
 	b := make([]byte, c.Size)
 	if _, err := src.ReadAt(b, c.Offset); err != nil {
 		return nil, fmt.Errorf("fetch chunk %d of layer %s: %w", i, l.toc.Layer, err)
@@ -78,6 +81,10 @@ func (l *Layer) frame(i int) ([]byte, error) {
 func (l *Layer) ReadAt(p []byte, off int64) (int, error) {
 	return l.readAt(p, off, off+int64(len(p)))
 }
+
+// maxRunBytes bounds one ranged read of consecutive chunks (Prefetch's
+// runBytes): the buffer it is read into.
+const maxRunBytes = 64 << 20
 
 // readaheadBytes bounds how much of a file one cache miss fetches: the
 // chunks after the missing one up to the file's end, in one ranged read
@@ -147,6 +154,7 @@ func (l *Layer) readChunk(i int, p []byte, within, fileEnd int64) error {
 // which the fetcher splits into parallel GETs), jobs runs at once. It stops
 // at the first error or when ctx is cancelled.
 func (l *Layer) Prefetch(ctx context.Context, jobs int, runBytes int64) error {
+	runBytes = min(runBytes, maxRunBytes)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(jobs, 1))
 	for i := 0; i < len(l.toc.Chunks); {
@@ -180,8 +188,16 @@ func (l *Layer) fetchRun(ctx context.Context, first, last int) error {
 	if err != nil {
 		return err
 	}
+	if first < 0 || last > len(l.toc.Chunks) || first >= last {
+		return fmt.Errorf("prefetch chunks %d-%d of layer %s: out of range", first, last-1, l.toc.Layer)
+	}
+	// Validate made the chunks contiguous and each at most MaxFrameSize;
+	// the run is still checked before its buffer is allocated.
 	start := l.toc.Chunks[first].Offset
 	end := l.toc.Chunks[last-1].Offset + l.toc.Chunks[last-1].Size
+	if start < 0 || end < start || end-start > maxRunBytes+MaxFrameSize {
+		return fmt.Errorf("prefetch chunks %d-%d of layer %s: bytes %d-%d: %w", first, last-1, l.toc.Layer, start, end, ErrInvalidIndex)
+	}
 	buf := make([]byte, end-start)
 	if _, err := src.ReadAt(buf, start); err != nil {
 		return fmt.Errorf("prefetch chunks %d-%d of layer %s: %w", first, last-1, l.toc.Layer, err)

@@ -30,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"path"
 	"strings"
 
@@ -46,9 +47,9 @@ const (
 	DefaultChunkSize = 1 << 20
 	// MaxChunkSize bounds ChunkSize (and what one chunk may decompress to).
 	MaxChunkSize = 4 << 20
-	// maxTOCSize bounds a TOC object and what it decompresses to.
-	maxTOCSize = 64 << 20
-	maxTOCJSON = 1 << 30
+	// maxTOCWindow bounds the zstd window of a TOC object: Encode's frames
+	// use at most 8 MiB.
+	maxTOCWindow = 32 << 20
 )
 
 var (
@@ -165,35 +166,58 @@ func CleanName(name string) (string, error) {
 	return c, nil
 }
 
-// Encode serializes the TOC: zstd-compressed JSON.
+// Encode serializes the TOC: zstd-compressed JSON. A TOC too large for
+// DecodeTOC to accept is an error wrapping ErrInvalidIndex.
 func (t *TOC) Encode() ([]byte, error) {
 	raw, err := json.Marshal(t)
 	if err != nil {
 		return nil, fmt.Errorf("encode toc: %w", err)
+	}
+	if len(raw) > MaxTOCJSONSize {
+		return nil, invalid("toc of %s: %d bytes of json, more than %d", t.Layer, len(raw), MaxTOCJSONSize)
 	}
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		return nil, err
 	}
 	defer enc.Close()
-	return enc.EncodeAll(raw, nil), nil
+	b := enc.EncodeAll(raw, nil)
+	if len(b) > MaxTOCSize {
+		return nil, invalid("toc of %s: %d bytes compressed, more than %d", t.Layer, len(b), MaxTOCSize)
+	}
+	return b, nil
 }
 
-// DecodeTOC parses and validates an encoded TOC.
+// DecodeTOC parses and validates an encoded TOC: at most MaxTOCSize bytes,
+// decompressing to at most MaxTOCJSONSize, one JSON object and nothing
+// after it.
 func DecodeTOC(b []byte) (*TOC, error) {
-	if len(b) > maxTOCSize {
-		return nil, fmt.Errorf("toc of %d bytes: %w", len(b), ErrInvalidIndex)
+	if len(b) > MaxTOCSize {
+		return nil, invalid("toc of %d bytes, more than %d", len(b), MaxTOCSize)
 	}
-	dec, err := zstd.NewReader(bytes.NewReader(b), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxTOCJSON))
+	dec, err := zstd.NewReader(bytes.NewReader(b), zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderMaxMemory(MaxTOCJSONSize), zstd.WithDecoderMaxWindow(maxTOCWindow))
 	if err != nil {
 		return nil, fmt.Errorf("toc: %w: %w", ErrInvalidIndex, err)
 	}
 	defer dec.Close()
+	// The decoder's memory limit does not bound a stream's output: this
+	// does, before the JSON decoder buffers it.
+	raw, err := io.ReadAll(io.LimitReader(dec, MaxTOCJSONSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("toc: %w: %w", ErrInvalidIndex, err)
+	}
+	if len(raw) > MaxTOCJSONSize {
+		return nil, invalid("toc decompresses to more than %d bytes", MaxTOCJSONSize)
+	}
 	var t TOC
-	d := json.NewDecoder(dec)
+	d := json.NewDecoder(bytes.NewReader(raw))
 	d.DisallowUnknownFields()
 	if err := d.Decode(&t); err != nil {
 		return nil, fmt.Errorf("toc: %w: %w", ErrInvalidIndex, err)
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return nil, invalid("toc: data after the json object")
 	}
 	if err := t.Validate(); err != nil {
 		return nil, err
@@ -201,61 +225,62 @@ func DecodeTOC(b []byte) (*TOC, error) {
 	return &t, nil
 }
 
-// Validate checks the TOC is self-consistent and every name is safe. The
-// size of the last chunk is unknown to the format and derived here: the
-// stream must end where the last regular file ends.
+// Validate checks the TOC is self-consistent, within the bounds (MaxEntries,
+// MaxChunks, MaxStreamSize, MaxFrameSize, the name and xattr limits), that
+// every name is safe, and that its tree builds: a TOC that validates never
+// makes Tree fail. Every error wraps ErrInvalidIndex (and ErrUnsafePath
+// for a name that escapes). The size of the last chunk is unknown to the
+// format and derived here: the stream must end where the last regular file
+// ends.
 func (t *TOC) Validate() error {
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("toc of %s: %s: %w", t.Layer, fmt.Sprintf(format, args...), ErrInvalidIndex)
+		return fmt.Errorf("toc of %.80s: %s: %w", t.Layer, fmt.Sprintf(format, args...), ErrInvalidIndex)
 	}
 	if t.Version != Version {
 		return bad("version %d, want %d", t.Version, Version)
 	}
 	for _, d := range []digest.Digest{t.Layer, t.DiffID} {
 		if d.Validate() != nil || d.Algorithm() != digest.SHA256 {
-			return bad("digest %q", d)
+			return bad("digest %.80q", d)
 		}
 	}
 	if t.ChunkSize <= 0 || t.ChunkSize > MaxChunkSize {
 		return bad("chunk size %d", t.ChunkSize)
 	}
+	if len(t.Chunks) > MaxChunks {
+		return bad("%d chunks, more than %d", len(t.Chunks), MaxChunks)
+	}
+	if len(t.Entries) > MaxEntries {
+		return bad("%d entries, more than %d", len(t.Entries), MaxEntries)
+	}
+	// Every chunk is within MaxFrameSize, so their sum cannot overflow;
+	// the offsets must still add up exactly.
 	var off int64
 	for i, c := range t.Chunks {
-		if c.Offset != off || c.Size <= 0 || c.Digest.Validate() != nil || c.Digest.Algorithm() != digest.SHA256 {
-			return bad("chunk %d", i)
+		if c.Offset != off || c.Size <= 0 || c.Size > maxFrameSize(t.ChunkSize) || c.Digest.Validate() != nil || c.Digest.Algorithm() != digest.SHA256 {
+			return bad("chunk %d at %d of %d bytes (at most %d)", i, c.Offset, c.Size, maxFrameSize(t.ChunkSize))
 		}
 		off += c.Size
 	}
 	if off != t.DataSize {
 		return bad("chunks add up to %d bytes, data object is %d", off, t.DataSize)
 	}
+	// The stream cannot be longer than its chunks hold.
+	limit := min(MaxStreamSize, int64(len(t.Chunks))*t.ChunkSize)
 	var end int64 // the stream's length: where the last file's content ends
 	for i := range t.Entries {
 		e := &t.Entries[i]
-		if c, err := CleanName(e.Name); err != nil {
-			return fmt.Errorf("toc of %s: entry %d: %w", t.Layer, i, err)
-		} else if c != e.Name {
-			return bad("entry %d name %q is not clean", i, e.Name)
+		if err := checkEntry(e); err != nil {
+			return fmt.Errorf("toc of %.80s: entry %d: %w", t.Layer, i, asInvalid(err))
 		}
-		if e.Mode&^07777 != 0 || e.Size < 0 || e.Offset < 0 {
-			return bad("entry %q mode %o size %d offset %d", e.Name, e.Mode, e.Size, e.Offset)
-		}
-		switch e.Type {
-		case TypeReg:
+		if e.Type == TypeReg {
 			if e.Offset != end {
-				return bad("entry %q content at %d, want %d", e.Name, e.Offset, end)
+				return bad("entry %.64q content at %d, want %d", e.Name, e.Offset, end)
+			}
+			if e.Size > limit-end {
+				return bad("entry %.64q of %d bytes at %d: past the end of the %d-byte chunks", e.Name, e.Size, end, limit)
 			}
 			end += e.Size
-		case TypeHardlink:
-			if _, err := CleanName(e.Linkname); err != nil || e.Linkname == "" {
-				return fmt.Errorf("toc of %s: hard link %q to %q: %w", t.Layer, e.Name, e.Linkname, ErrUnsafePath)
-			}
-		case TypeDir, TypeSymlink, TypeChar, TypeBlock, TypeFifo:
-		default:
-			return bad("entry %q has type %q", e.Name, e.Type)
-		}
-		if e.Type != TypeReg && (e.Size != 0 || e.Offset != 0) {
-			return bad("entry %q of type %s has content", e.Name, e.Type)
 		}
 	}
 	n := int64(len(t.Chunks))
@@ -264,6 +289,21 @@ func (t *TOC) Validate() error {
 	}
 	if n > 0 {
 		t.lastChunkSize = end - (n-1)*t.ChunkSize
+		if last := t.Chunks[n-1]; last.Size > maxFrameSize(t.lastChunkSize) {
+			return bad("last chunk of %d bytes holds %d", last.Size, t.lastChunkSize)
+		}
+	}
+	if _, err := t.tree(nil, nil); err != nil {
+		return fmt.Errorf("toc of %.80s: %w", t.Layer, asInvalid(err))
 	}
 	return nil
+}
+
+// asInvalid makes err (an unsafe name) an ErrInvalidIndex too: whatever is
+// wrong with a TOC, it is an invalid index, to rebuild or not to use.
+func asInvalid(err error) error {
+	if errors.Is(err, ErrInvalidIndex) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", err, ErrInvalidIndex)
 }

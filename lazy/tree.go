@@ -1,7 +1,8 @@
 package lazy
 
 import (
-	"fmt"
+	"bytes"
+	"maps"
 	"path"
 	"sort"
 	"strings"
@@ -42,16 +43,62 @@ func (n *Node) Names() []string {
 	return names
 }
 
+// TreeOption configures Tree.
+type TreeOption func(*treeOptions)
+
+type treeOptions struct {
+	implicit map[string]Entry
+}
+
+// WithImplicitDirs gives the attributes of directories the layer implies
+// but has no entry for (see ImplicitDirs), keyed by clean relative path, as
+// containerd's unpacker copies them from the lower layers: a directory in
+// attrs takes its Mode (07777 bits), UID, GID, ModTime and Xattrs (except
+// trusted.*, which containerd does not copy up); its name and type stay
+// the tree's. One not in attrs is root's, 0755.
+func WithImplicitDirs(attrs map[string]Entry) TreeOption {
+	return func(o *treeOptions) { o.implicit = attrs }
+}
+
 // Tree builds the layer's file tree from its (validated) TOC with overlay
 // semantics, as unpacking it into an empty directory would: later entries
-// replace earlier ones, parents missing from the tar are created 0755,
-// whiteouts become 0:0 character devices or an opaque xattr, hard links
-// share the node of their target, which must be an earlier non-directory
-// entry of the same layer.
+// replace earlier ones (a directory over a directory keeps its contents and
+// adds its xattrs to the old ones), parents missing from the tar are
+// created 0755 (or as WithImplicitDirs says), whiteouts become 0:0
+// character devices or an opaque xattr, hard links share the node of their
+// target, which must be an earlier non-directory entry of the same layer.
+// It checks every name itself and never panics, whatever the TOC holds.
 func Tree(t *TOC, opts ...TreeOption) (*Node, error) {
 	var o treeOptions
 	for _, opt := range opts {
 		opt(&o)
+	}
+	return t.tree(o.implicit, nil)
+}
+
+// ImplicitDirs returns the directories Tree creates without a tar entry
+// for them at that point (a parent an entry needs before, or without, its
+// own directory entry), as clean relative paths, sorted: parents before
+// children. These are the paths to look up in the lower layers for
+// WithImplicitDirs. It returns nil for a TOC whose tree does not build.
+func ImplicitDirs(t *TOC) []string {
+	seen := map[string]bool{}
+	if _, err := t.tree(nil, func(p string) { seen[p] = true }); err != nil {
+		return nil
+	}
+	dirs := make([]string, 0, len(seen))
+	for p := range seen {
+		dirs = append(dirs, p)
+	}
+	sort.Strings(dirs) // a path sorts after its prefixes: parents first
+	return dirs
+}
+
+// tree builds the tree; implicit gives implied directories' attributes,
+// made (if set) is told of each one created.
+func (t *TOC) tree(implicit map[string]Entry, made func(string)) (*Node, error) {
+	if len(t.Entries) > MaxEntries {
+		return nil, invalid("%d entries, more than %d", len(t.Entries), MaxEntries)
 	}
 	ino := uint64(1)
 	newNode := func(e Entry) *Node {
@@ -67,77 +114,99 @@ func Tree(t *TOC, opts ...TreeOption) (*Node, error) {
 	root.Ino = 1
 	ino--
 
-	// dir finds or creates the directory at p.
+	implied := 0
+	newDir := func(p string) (*Node, error) {
+		if implied++; implied > MaxEntries {
+			return nil, invalid("more than %d implied directories", MaxEntries)
+		}
+		e := Entry{Name: p, Type: TypeDir, Mode: 0o755}
+		if a, ok := implicit[p]; ok {
+			e.Mode, e.UID, e.GID, e.ModTime = a.Mode&07777, a.UID, a.GID, a.ModTime
+			for k, v := range a.Xattrs {
+				if !strings.HasPrefix(k, "trusted.") {
+					if e.Xattrs == nil {
+						e.Xattrs = map[string][]byte{}
+					}
+					e.Xattrs[k] = bytes.Clone(v)
+				}
+			}
+		}
+		if made != nil {
+			made(p)
+		}
+		return newNode(e), nil
+	}
+	// dir finds or creates the directory at p (a checked name).
 	dir := func(p string) (*Node, error) {
 		n := root
-		if p == "" {
-			return n, nil
-		}
-		for _, part := range strings.Split(p, "/") {
+		for rest, at := p, 0; rest != ""; {
+			part, tail, _ := strings.Cut(rest, "/")
+			at += len(part)
 			c := n.Children[part]
 			if c == nil {
-				name := path.Join(n.Entry.Name, part)
-				e := Entry{Name: name, Type: TypeDir, Mode: 0o755}
-				if a, ok := o.implicit[name]; ok {
-					e.Mode, e.UID, e.GID, e.ModTime, e.Xattrs = a.Mode&07777, a.UID, a.GID, a.ModTime, a.Xattrs
+				var err error
+				if c, err = newDir(p[:at]); err != nil {
+					return nil, err
 				}
-				c = newNode(e)
 				n.Children[part] = c
 			} else if !c.IsDir() {
-				return nil, fmt.Errorf("%s: parent %s is not a directory: %w", p, c.Entry.Name, ErrInvalidIndex)
+				return nil, invalid("%.64q: parent %.64q is not a directory", p, c.Entry.Name)
 			}
-			n = c
+			n, rest, at = c, tail, at+1
 		}
 		return n, nil
 	}
 	lookup := func(p string) *Node {
 		n := root
-		for _, part := range strings.Split(p, "/") {
-			if n = n.Children[part]; n == nil {
-				return nil
-			}
+		for rest := p; rest != "" && n != nil; {
+			part, tail, _ := strings.Cut(rest, "/")
+			n, rest = n.Children[part], tail
 		}
 		return n
 	}
 
-	for _, e := range t.Entries {
+	for i := range t.Entries {
+		e := t.Entries[i]
+		if err := checkName(e.Name); err != nil {
+			return nil, err
+		}
 		if e.Name == "" {
 			if e.Type != TypeDir {
-				return nil, fmt.Errorf("root entry is a %s: %w", e.Type, ErrInvalidIndex)
+				return nil, invalid("root entry is a %.16s", e.Type)
 			}
+			e.Xattrs = mergeXattrs(root.Entry.Xattrs, e.Xattrs)
 			root.Entry = e
 			continue
 		}
-		parentPath, base := path.Split(e.Name)
-		parent, err := dir(strings.TrimSuffix(parentPath, "/"))
+		parentPath, base := "", e.Name
+		if j := strings.LastIndexByte(e.Name, '/'); j >= 0 {
+			parentPath, base = e.Name[:j], e.Name[j+1:]
+		}
+		parent, err := dir(parentPath)
 		if err != nil {
 			return nil, err
 		}
 		switch {
 		case base == whiteoutOpaque:
-			if parent.Entry.Xattrs == nil {
-				parent.Entry.Xattrs = map[string][]byte{}
-			}
-			parent.Entry.Xattrs[OpaqueXattr] = []byte("y")
+			parent.Entry.Xattrs = mergeXattrs(parent.Entry.Xattrs, map[string][]byte{OpaqueXattr: []byte("y")})
 			continue
 		case strings.HasPrefix(base, whiteoutPrefix):
-			// As containerd's applier: ".wh.NAME" hides NAME, even a
-			// ".wh..wh.x" (it makes a device ".wh.x"); a target that is
-			// not a name in this directory is an invalid archive.
-			name := base[len(whiteoutPrefix):]
-			if name == "" || name == "." || name == ".." {
-				return nil, fmt.Errorf("whiteout %q has no target: %w", e.Name, ErrInvalidIndex)
-			}
+			// As containerd's overlay applier: ".wh.NAME" hides NAME, and
+			// so does any other ".wh..wh.x" (it makes a device ".wh.x").
+			name := base[len(whiteoutPrefix):] // checkName: not "", "." or ".."
 			parent.Children[name] = newNode(Entry{
-				Name: path.Join(parent.Entry.Name, name), Type: TypeChar,
+				Name: path.Join(parentPath, name), Type: TypeChar,
 				UID: e.UID, GID: e.GID, ModTime: e.ModTime,
 			})
 			continue
 		}
 		if e.Type == TypeHardlink {
+			if err := checkPath(e.Linkname); err != nil {
+				return nil, err
+			}
 			target := lookup(e.Linkname)
-			if target == nil || target.IsDir() {
-				return nil, fmt.Errorf("hard link %s to %s: no such file earlier in the layer: %w", e.Name, e.Linkname, ErrInvalidIndex)
+			if target == nil || target.IsDir() || e.Linkname == "" {
+				return nil, invalid("hard link %.64q to %.64q: no such file earlier in the layer", e.Name, e.Linkname)
 			}
 			if old := parent.Children[base]; old != target {
 				target.Nlink++
@@ -146,19 +215,27 @@ func Tree(t *TOC, opts ...TreeOption) (*Node, error) {
 			// The link's header sets the shared inode's owner, mode, time
 			// and xattrs, as containerd's applier does.
 			target.Entry.Mode, target.Entry.UID, target.Entry.GID, target.Entry.ModTime = e.Mode, e.UID, e.GID, e.ModTime
-			for k, v := range e.Xattrs {
-				if target.Entry.Xattrs == nil {
-					target.Entry.Xattrs = map[string][]byte{}
+			if len(e.Xattrs) > 0 {
+				x := make(map[string][]byte, len(target.Entry.Xattrs)+len(e.Xattrs))
+				for k, v := range target.Entry.Xattrs {
+					x[k] = v
 				}
-				target.Entry.Xattrs[k] = v
+				for k, v := range e.Xattrs {
+					x[k] = v
+				}
+				target.Entry.Xattrs = x
 			}
 			continue
 		}
 		if old := parent.Children[base]; old != nil && old.IsDir() && e.Type == TypeDir {
-			children := old.Children
+			// A directory entry again: new attributes, same contents,
+			// xattrs added to the old ones (as setxattr on it would).
+			e.Xattrs = mergeXattrs(old.Entry.Xattrs, e.Xattrs)
 			old.Entry = e
-			old.Children = children // a directory entry again: new attributes, same contents
 			continue
+		}
+		if e.Type == TypeSymlink {
+			e.Mode = 0o777 // a symlink's mode on Linux, whatever the tar says
 		}
 		parent.Children[base] = newNode(e)
 	}
@@ -166,56 +243,32 @@ func Tree(t *TOC, opts ...TreeOption) (*Node, error) {
 	return root, nil
 }
 
-// TreeOption adjusts how Tree builds a layer's tree.
-type TreeOption func(*treeOptions)
-
-type treeOptions struct {
-	implicit map[string]Entry
-}
-
-// WithImplicitDirs gives the directories the layer implies but does not
-// hold (see ImplicitDirs) the mode, owner, time and xattrs of attrs[name]
-// instead of root 0755: what containerd's applier copies from the same
-// directory in the lower layers.
-func WithImplicitDirs(attrs map[string]Entry) TreeOption {
-	return func(o *treeOptions) { o.implicit = attrs }
-}
-
-// ImplicitDirs returns the directories Tree creates for t without an
-// entry of their own (parents of entries), parents before children.
-func ImplicitDirs(t *TOC) []string {
-	explicit := map[string]bool{}
-	ancestors := map[string]bool{}
-	for _, e := range t.Entries {
-		if e.Type == TypeDir {
-			explicit[e.Name] = true
-		}
-		for d := path.Dir(e.Name); d != "." && d != "/" && d != "" && !ancestors[d]; d = path.Dir(d) {
-			ancestors[d] = true
-		}
+// mergeXattrs returns a new map of old's xattrs overridden by add's, never
+// one of its arguments: a node's xattrs are its own, not the TOC's.
+func mergeXattrs(old, add map[string][]byte) map[string][]byte {
+	if len(old) == 0 && len(add) == 0 {
+		return nil
 	}
-	var out []string
-	for d := range ancestors {
-		if !explicit[d] {
-			out = append(out, d)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if a, b := strings.Count(out[i], "/"), strings.Count(out[j], "/"); a != b {
-			return a < b
-		}
-		return out[i] < out[j]
-	})
-	return out
+	m := make(map[string][]byte, len(old)+len(add))
+	maps.Copy(m, old)
+	maps.Copy(m, add)
+	return m
 }
 
-// countDirLinks sets each directory's link count: 2 plus its subdirectories.
-func countDirLinks(n *Node) {
-	n.Nlink = 2
-	for _, c := range n.Children {
-		if c.IsDir() {
-			n.Nlink++
-			countDirLinks(c)
+// countDirLinks sets each directory's link count: 2 plus its
+// subdirectories. Iterative: the depth is bounded, but no recursion is
+// cheaper still.
+func countDirLinks(root *Node) {
+	stack := []*Node{root}
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		n.Nlink = 2
+		for _, c := range n.Children {
+			if c.IsDir() {
+				n.Nlink++
+				stack = append(stack, c)
+			}
 		}
 	}
 }
