@@ -6,7 +6,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -X main.version=$(VERSION)
 CACHEBIN := $(or $(S3SNAP_BIN),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/s3snap/bin)
 
-.PHONY: build demo test unit lint env-up env-down bench clean
+.PHONY: build demo test unit lint fuzz env-up env-down bench clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/s3snap ./cmd/s3snap
@@ -36,6 +36,17 @@ test bench: export AWS_EC2_METADATA_DISABLED := true
 
 test: env-up lint
 	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) --no-print-directory fuzz
+
+# Each fuzz target of a parser of untrusted input (lazy indexes, layer
+# tars) runs briefly from its seed corpus; FUZZTIME=10m for a real hunt.
+FUZZTIME ?= 15s
+FUZZ_TARGETS := FuzzDecodeTOC FuzzTree FuzzBuild
+fuzz:
+	@for f in $(FUZZ_TARGETS); do \
+	  echo "fuzz $$f ($(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1x ./lazy/ || exit 1; \
+	done
 
 # Benchmarks print ratios against the SDK's plain GET and its downloader.
 bench: env-up
