@@ -3,7 +3,6 @@ package lazy
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -203,14 +202,9 @@ func IndexImage(ctx context.Context, st *store.Store, repo string, d digest.Dige
 
 // diffIDs reads an image's config for its layers' diff IDs.
 func diffIDs(ctx context.Context, st *store.Store, m *ocispec.Manifest) ([]digest.Digest, error) {
-	rc, _, err := st.OpenBlob(ctx, m.Config.Digest)
+	cfg, err := st.ImageConfig(ctx, m.Config.Digest)
 	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
-	}
-	defer rc.Close()
-	var cfg ocispec.Image
-	if err := json.NewDecoder(io.LimitReader(rc, 16<<20)).Decode(&cfg); err != nil {
-		return nil, fmt.Errorf("decode config %s: %w", m.Config.Digest, err)
+		return nil, err
 	}
 	if len(cfg.RootFS.DiffIDs) != len(m.Layers) {
 		return nil, fmt.Errorf("config %s has %d diff ids for %d layers: %w", m.Config.Digest, len(cfg.RootFS.DiffIDs), len(m.Layers), store.ErrInvalidManifest)

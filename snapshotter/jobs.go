@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
-	"io"
 	"strconv"
 	"sync"
 	"time"
@@ -15,7 +13,6 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/s3snap/s3snap/store"
 )
@@ -158,7 +155,7 @@ func (s *Snapshotter) missingLayers(ctx context.Context, st *store.Store, r requ
 	if m.Image == nil {
 		return nil, fmt.Errorf("manifest %s is an index", r.manifest)
 	}
-	cfg, err := readConfig(ctx, st, m.Image.Config.Digest)
+	cfg, err := st.ImageConfig(ctx, m.Image.Config.Digest)
 	if err != nil {
 		return nil, err
 	}
@@ -173,36 +170,6 @@ func (s *Snapshotter) missingLayers(ctx context.Context, st *store.Store, r requ
 		}
 	}
 	return out, nil
-}
-
-// maxConfigSize bounds an image config read from the bucket: real ones
-// are kilobytes; containerd's own limit for a config is larger, but a
-// prefetch hint is not worth more.
-const maxConfigSize = 8 << 20
-
-// readConfig reads image config d whole, so the store's reader checks its
-// digest before a byte of it is decoded, refusing one over maxConfigSize.
-func readConfig(ctx context.Context, st *store.Store, d digest.Digest) (*ocispec.Image, error) {
-	rc, info, err := st.OpenBlob(ctx, d)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	if info.Size > maxConfigSize {
-		return nil, fmt.Errorf("config %s is %d bytes, more than %d: %w", d, info.Size, maxConfigSize, store.ErrInvalidManifest)
-	}
-	b, err := io.ReadAll(io.LimitReader(rc, maxConfigSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("read config %s: %w", d, err)
-	}
-	if len(b) > maxConfigSize {
-		return nil, fmt.Errorf("config %s is more than %d bytes: %w", d, maxConfigSize, store.ErrInvalidManifest)
-	}
-	var cfg ocispec.Image
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		return nil, fmt.Errorf("decode config %s: %w", d, err)
-	}
-	return &cfg, nil
 }
 
 func uniquePart() string {
