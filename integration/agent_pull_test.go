@@ -60,6 +60,12 @@ func newPullEnv(t *testing.T, cri bool) *pullEnv {
 // or Containerd17). On 1.7 the CRI is always on and p.pull goes through it.
 func newPullEnvFor(t *testing.T, version string, cri bool) *pullEnv {
 	t.Helper()
+	return newPullEnvWith(t, version, cri, "")
+}
+
+// newPullEnvWith is newPullEnvFor with extra agent config (a [lazy] table).
+func newPullEnvWith(t *testing.T, version string, cri bool, extra string) *pullEnv {
+	t.Helper()
 	e := testenv.S3(t)
 	p := &pullEnv{e: e, bucket: e.NewBucket(t), reg: testenv.StartFSRegistry(t)}
 	p.upstream = p.reg.Addr
@@ -75,7 +81,7 @@ func newPullEnvFor(t *testing.T, version string, cri bool) *pullEnv {
 	p.agent = testenv.StartAgent(t, testenv.AgentOptions{
 		S3:         &viaProxy,
 		Registries: map[string]string{p.upstream: "s3://" + p.bucket + "/ecr"},
-		Extra:      "[fetch]\npart_size = \"1MiB\"\n",
+		Extra:      "[fetch]\npart_size = \"1MiB\"\n" + extra,
 	})
 	p.startContainerd(t, version, cri)
 	return p

@@ -12,13 +12,6 @@ import (
 // containerdVersions are the containerd versions the agent is tested with.
 func containerdVersions() []string { return testenv.ContainerdVersions() }
 
-// startContainerdVersion starts containerd of version with a as its
-// snapshotter for upstream.
-func startContainerdVersion(t *testing.T, version string, a *testenv.Agent, upstream string, cri bool) *testenv.Containerd {
-	t.Helper()
-	return testenv.StartContainerd(t, testenv.ContainerdOptions{Version: version, Extra: a.ContainerdConfigFor(version, upstream), CRI: cri})
-}
-
 // zstdBomb is a small zstd object that inflates to over a GiB: a JSON
 // object that never ends.
 func zstdBomb(t *testing.T) []byte {

@@ -20,7 +20,6 @@ import (
 	"github.com/s3snap/s3snap/integration/faultproxy"
 	"github.com/s3snap/s3snap/integration/testenv"
 	"github.com/s3snap/s3snap/lazy"
-	"github.com/s3snap/s3snap/store"
 )
 
 // hostileEnv is an agent (eager or lazy) between a private containerd of
@@ -43,33 +42,16 @@ func newHostileEnv(t *testing.T, version string, lazyMode bool) *hostileEnv {
 			testenv.Unavailable(t, "lazy mode needs /dev/fuse: %v", err)
 		}
 	}
-	e := testenv.S3(t)
-	p := &pullEnv{e: e, bucket: e.NewBucket(t), reg: testenv.StartFSRegistry(t)}
-	p.upstream = p.reg.Addr
-	p.st = store.New(e.Client(t), p.bucket, store.WithPrefix("ecr"))
-	proxy, err := faultproxy.New(e.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
-	p.proxy = proxy
-	viaProxy := *e
-	viaProxy.Endpoint = proxy.URL()
-	extra := "[fetch]\npart_size = \"1MiB\"\n"
+	extra := ""
 	if lazyMode {
-		extra += "\n[lazy]\nenabled = true\n"
+		extra = "\n[lazy]\nenabled = true\n"
 	}
-	p.agent = testenv.StartAgent(t, testenv.AgentOptions{
-		S3:         &viaProxy,
-		Registries: map[string]string{p.upstream: "s3://" + p.bucket + "/ecr"},
-		Extra:      extra,
-	})
-	h := &hostileEnv{pullEnv: p, lazy: lazyMode, cri: version == testenv.Containerd17}
-	p.ctrd = startContainerdVersion(t, version, p.agent, p.upstream, h.cri)
+	p := newPullEnvWith(t, version, false, extra)
+	h := &hostileEnv{pullEnv: p, lazy: lazyMode, cri: p.viaCRI}
 	h.outside = t.TempDir()
 	h.victim = filepath.Join(h.outside, "victim")
 	writeFile(t, h.victim, []byte("untouched"))
-	h.index = indexCLI(t, e)
+	h.index = indexCLI(t, p.e)
 	return h
 }
 
