@@ -22,9 +22,8 @@ type Layer struct {
 	cache *Cache
 	open  OpenFunc
 
-	srcOnce sync.Once
-	src     io.ReaderAt
-	srcErr  error
+	srcMu sync.Mutex
+	src   io.ReaderAt // nil until an open succeeds
 
 	present []atomic.Bool // chunk i is in the cache
 	cached  atomic.Int64  // uncompressed bytes of present chunks
@@ -53,9 +52,21 @@ func (l *Layer) markPresent(i int) {
 	}
 }
 
+// source opens the data object at the first miss. A failed open (S3 down
+// for a moment, the store's breaker open) is not kept: the next miss tries
+// again, so a layer never stays unreadable once S3 is back.
 func (l *Layer) source() (io.ReaderAt, error) {
-	l.srcOnce.Do(func() { l.src, l.srcErr = l.open() })
-	return l.src, l.srcErr
+	l.srcMu.Lock()
+	defer l.srcMu.Unlock()
+	if l.src != nil {
+		return l.src, nil
+	}
+	src, err := l.open()
+	if err != nil {
+		return nil, err
+	}
+	l.src = src
+	return src, nil
 }
 
 // frame fetches chunk i's compressed bytes.

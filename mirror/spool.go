@@ -202,8 +202,15 @@ func (s *spool) start(ctx context.Context, stores []*store.Store, d digest.Diges
 			delete(s.flights, d)
 		}
 		if err == nil {
-			// The fetch's reservation becomes the copy's.
-			s.copies[d] = &spoolCopy{size: size, from: from, lastUse: time.Now()}
+			if c, ok := s.copies[d]; ok {
+				// A cancelled fetch of d finished after all and a later
+				// one too: one verified file, so one reservation.
+				s.used -= size
+				c.lastUse = time.Now()
+			} else {
+				// The fetch's reservation becomes the copy's.
+				s.copies[d] = &spoolCopy{size: size, from: from, lastUse: time.Now()}
+			}
 		}
 		fl.err = err
 		s.mu.Unlock()

@@ -54,6 +54,10 @@ type lazyRecord struct {
 	// Dirs are the attributes of the directories the layer implies but
 	// does not hold, taken from the parent chain when it was provided.
 	Dirs map[string]lazy.Entry `json:"dirs,omitempty"`
+	// TOC is the digest of the encoded TOC that was checked when the layer
+	// was provided: a remount uses exactly that one, never one the bucket
+	// holds by then.
+	TOC digest.Digest `json:"toc,omitempty"`
 }
 
 type lazyMount struct {
@@ -80,6 +84,7 @@ type lazyMounts struct {
 	// is handed out meanwhile.
 	unavailable map[string]unmounted
 	retrying    bool // a retry loop is running
+	closed      bool // close has begun: nothing more is mounted
 }
 
 // hasLazyMounts reports whether an earlier run left lazy mounts to restore:
@@ -205,7 +210,8 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 	if _, err := lazy.Tree(toc, lazy.WithImplicitDirs(dirs)); err != nil {
 		return err
 	}
-	if err := continuity.AtomicWriteFile(l.tocPath(r.layer), raw, 0o600); err != nil {
+	tocDigest := digest.FromBytes(raw)
+	if err := continuity.AtomicWriteFile(l.tocPath(tocDigest), raw, 0o600); err != nil {
 		return fmt.Errorf("keep toc of %s: %w", r.layer, err)
 	}
 
@@ -219,7 +225,7 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 		s.remove(ctx, key)
 		return err
 	}
-	rec := lazyRecord{Name: r.chainID, Layer: r.layer, Host: r.host, Store: st.URL(), Dir: dir, Dirs: dirs}
+	rec := lazyRecord{Name: r.chainID, Layer: r.layer, Host: r.host, Store: st.URL(), Dir: dir, Dirs: dirs, TOC: tocDigest}
 	// Recorded before the commit: a crash after it still finds the mount
 	// to restore; one before it leaves a record restore drops. Until it is
 	// mounted, no mount of a chain holding it is handed out.
@@ -283,6 +289,15 @@ func (l *lazyMounts) mount(rec lazyRecord, toc *lazy.TOC, st *store.Store) (_ *l
 		open = lazy.OpenData(ctx, st, toc)
 	}
 	m := &lazyMount{rec: rec, layer: lazy.NewLayer(toc, l.cache, open), cancel: cancel}
+	l.mu.Lock()
+	closed, mounted := l.closed, l.mounts[rec.Name] != nil
+	l.mu.Unlock()
+	if closed {
+		return nil, fmt.Errorf("mount lazy layer %s: the snapshotter is closing", rec.Layer)
+	}
+	if mounted {
+		return nil, fmt.Errorf("mount lazy layer %s: %s is mounted already", rec.Layer, rec.Name)
+	}
 	// A mount left by an agent that was killed answers nothing: drop it.
 	_ = unix.Unmount(rec.Dir, unix.MNT_DETACH)
 	if err := os.MkdirAll(rec.Dir, 0o755); err != nil {
@@ -290,6 +305,7 @@ func (l *lazyMounts) mount(rec lazyRecord, toc *lazy.TOC, st *store.Store) (_ *l
 	}
 	srv, err := lazy.Mount(ctx, rec.Dir, m.layer, lazy.WithImplicitDirs(rec.Dirs))
 	if err != nil {
+		_ = unix.Rmdir(rec.Dir) // never leave an empty directory to be shown
 		return nil, err
 	}
 	m.srv = srv
@@ -333,6 +349,12 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 		return s.Snapshotter.Remove(ctx, key)
 	}
 	l := s.lazy
+	// Not while the layer is being provided or mounted again.
+	release, err := l.claim(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer release()
 	l.mu.Lock()
 	m := l.mounts[key]
 	_, down := l.unavailable[key]
@@ -366,6 +388,9 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	delete(l.mounts, key)
 	l.mu.Unlock()
 	if err := s.Snapshotter.Remove(ctx, key); err != nil {
+		// Still committed, now unmounted: never shown so, mounted again.
+		l.hide(ctx, m.rec, err)
+		s.startRetry()
 		return err
 	}
 	l.removeRecord(key)
@@ -388,6 +413,7 @@ func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 // close unmounts every lazy layer (detaching those still in use).
 func (l *lazyMounts) close() {
 	l.mu.Lock()
+	l.closed = true
 	mounts := l.mounts
 	l.mounts = map[string]*lazyMount{}
 	l.mu.Unlock()

@@ -135,13 +135,29 @@ func (s *Snapshotter) restoreLazy(ctx context.Context) {
 			l.hide(ctx, rec, err)
 		}
 	}
+	s.startRetry()
+}
+
+// startRetry starts the retry loop unless it runs or nothing waits.
+func (s *Snapshotter) startRetry() {
+	l := s.lazy
 	l.mu.Lock()
-	retry := len(l.unavailable) > 0 && !l.retrying
+	retry := len(l.unavailable) > 0 && !l.retrying && !l.closed
 	l.retrying = l.retrying || retry
 	l.mu.Unlock()
 	if retry {
 		go s.retryMounts(l.ctx)
 	}
+}
+
+// stillUnavailable reports, once the caller holds name's claim, whether
+// it still waits to be mounted: another Prepare or the retry loop may
+// have mounted it meanwhile.
+func (l *lazyMounts) stillUnavailable(name string) (lazyRecord, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	u, down := l.unavailable[name]
+	return u.rec, down && l.mounts[name] == nil && !l.closed
 }
 
 // hide marks rec unavailable and takes its mount point away.
@@ -180,11 +196,16 @@ func (s *Snapshotter) retryMounts(ctx context.Context) {
 			if err != nil {
 				return
 			}
+			rec, down := l.stillUnavailable(rec.Name)
+			if !down {
+				release()
+				continue
+			}
 			if _, err := s.Snapshotter.Stat(ctx, rec.Name); errdefs.IsNotFound(err) {
 				l.setAvailable(rec.Name)
 				l.removeRecord(rec.Name)
 			} else if err := s.remountLazy(ctx, rec); err != nil {
-				l.setUnavailable(rec, err)
+				l.hide(ctx, rec, err)
 				log.G(ctx).WithError(err).WithField("snapshot", rec.Name).WithField("layer", rec.Layer).WithField("retry_in", min(2*wait, time.Minute)).Warn("lazy: remount failed")
 			} else {
 				log.G(ctx).WithField("snapshot", rec.Name).WithField("layer", rec.Layer).Info("lazy: layer mounted again")
@@ -210,15 +231,29 @@ func (s *Snapshotter) remountLazy(ctx context.Context, rec lazyRecord) (retErr e
 	if st == nil && len(stores) > 0 {
 		st = stores[0]
 	}
+	// The TOC checked when the layer was provided, by its digest: the local
+	// copy, or the bucket's if it is still that very one. (Records of
+	// older agents name none: their local copy is by layer digest.)
+	path := l.tocPath(rec.TOC)
+	if rec.TOC == "" {
+		path = filepath.Join(l.dir, "toc", rec.Layer.Encoded())
+	}
 	var toc *lazy.TOC
-	raw, err := os.ReadFile(l.tocPath(rec.Layer))
+	raw, err := os.ReadFile(path)
+	if err == nil && rec.TOC != "" && digest.FromBytes(raw) != rec.TOC {
+		err = fmt.Errorf("local toc of %s is damaged: %w", rec.Layer, lazy.ErrInvalidIndex)
+	}
 	if err == nil {
 		toc, err = lazy.DecodeTOC(raw)
 	}
 	if err != nil && st != nil {
 		log.G(ctx).WithError(err).WithField("layer", rec.Layer).Debug("lazy: no local toc, fetching it")
 		if toc, raw, err = lazy.FetchTOC(ctx, st, rec.Layer); err == nil {
-			err = continuity.AtomicWriteFile(l.tocPath(rec.Layer), raw, 0o600)
+			if rec.TOC != "" && digest.FromBytes(raw) != rec.TOC {
+				err = fmt.Errorf("the bucket's toc of %s is not the one checked when it was provided: %w", rec.Layer, lazy.ErrInvalidIndex)
+			} else {
+				err = continuity.AtomicWriteFile(path, raw, 0o600)
+			}
 		}
 	}
 	if err != nil {
@@ -294,8 +329,11 @@ func (s *Snapshotter) implicitDirAttrs(ctx context.Context, parent string, toc *
 	return out, nil
 }
 
-func (l *lazyMounts) tocPath(layer digest.Digest) string {
-	return filepath.Join(l.dir, "toc", layer.Encoded())
+// tocPath is where a local copy of an encoded TOC is kept, by its own
+// digest: two chains holding one layer through different TOCs never share
+// one.
+func (l *lazyMounts) tocPath(toc digest.Digest) string {
+	return filepath.Join(l.dir, "toc", toc.Encoded())
 }
 
 func (l *lazyMounts) recordPath(name string) string {
@@ -348,7 +386,7 @@ func (s *Snapshotter) retake(ctx context.Context, chainID string) {
 		return
 	}
 	l.mu.Lock()
-	u, down := l.unavailable[chainID]
+	_, down := l.unavailable[chainID]
 	l.mu.Unlock()
 	if !down {
 		return
@@ -358,7 +396,11 @@ func (s *Snapshotter) retake(ctx context.Context, chainID string) {
 		return
 	}
 	defer release()
-	if err := s.remountLazy(ctx, u.rec); err == nil {
+	rec, down := l.stillUnavailable(chainID)
+	if !down {
+		return
+	}
+	if err := s.remountLazy(ctx, rec); err == nil {
 		return
 	}
 	if err := s.Snapshotter.Remove(ctx, chainID); err != nil {
@@ -366,5 +408,5 @@ func (s *Snapshotter) retake(ctx context.Context, chainID string) {
 	}
 	l.setAvailable(chainID)
 	l.removeRecord(chainID)
-	log.G(ctx).WithField("snapshot", chainID).WithField("layer", u.rec.Layer).Info("lazy: removed a layer that could not be mounted; providing it again")
+	log.G(ctx).WithField("snapshot", chainID).WithField("layer", rec.Layer).Info("lazy: removed a layer that could not be mounted; providing it again")
 }

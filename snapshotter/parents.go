@@ -33,6 +33,9 @@ import (
 // hostile layer of millions of directories is refused, not held in memory.
 const maxDirs = 1 << 20
 
+// maxPathLen is PATH_MAX: no longer name can be created.
+const maxPathLen = 4096
+
 // dirRecorder watches a layer's tar entries go by and works out its
 // implicit directories: ancestors of entries that have no entry of their
 // own. Only directory names are kept, so memory follows the directory
@@ -48,6 +51,11 @@ func newDirRecorder() *dirRecorder {
 
 // add records one entry by its name as archive.Apply cleans it.
 func (r *dirRecorder) add(name string, isDir bool) error {
+	if len(name) > maxPathLen {
+		// containerd's applier fails on it too (ENAMETOOLONG); refused
+		// before the walk up its parents, which grows with its depth.
+		return fmt.Errorf("entry name of %d bytes: more than %d", len(name), maxPathLen)
+	}
 	name = entryName(name)
 	if name == "" {
 		return nil
@@ -94,6 +102,9 @@ func entryName(name string) string {
 	return c[1:]
 }
 
+// lowersPrefix names the short-lived views lowerDirs makes.
+const lowersPrefix = "s3snap-lowers-"
+
 // lowerDirs returns the directories of the parent chain topmost first, as
 // an overlay mount on top of parent would stack them. A view is made to
 // ask the overlay snapshotter (it alone knows the directories) and removed.
@@ -101,7 +112,7 @@ func (s *Snapshotter) lowerDirs(ctx context.Context, parent string) ([]string, e
 	if parent == "" {
 		return nil, nil
 	}
-	key := "s3snap-lowers-" + uniquePart()
+	key := lowersPrefix + uniquePart()
 	mounts, err := s.Snapshotter.View(ctx, key, parent)
 	if err != nil {
 		return nil, fmt.Errorf("view parent %s: %w", parent, err)

@@ -237,11 +237,13 @@ func (s *Snapshotter) remove(ctx context.Context, key string) {
 	}
 }
 
-// removeStaged removes staging snapshots left by a previous run.
+// removeStaged removes staging snapshots and the views made to find a
+// parent's directories that a previous run left behind.
 func (s *Snapshotter) removeStaged(ctx context.Context) error {
 	var keys []string
 	err := s.Snapshotter.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
-		if info.Kind == snapshots.KindActive && strings.HasPrefix(info.Name, stagePrefix) {
+		if info.Kind == snapshots.KindActive && strings.HasPrefix(info.Name, stagePrefix) ||
+			info.Kind == snapshots.KindView && strings.HasPrefix(info.Name, lowersPrefix) {
 			keys = append(keys, info.Name)
 		}
 		return nil
