@@ -184,7 +184,7 @@ func TestSpoolFetchCancelled(t *testing.T) {
 		}
 		n := b.dataGETs()[key]
 		time.Sleep(2 * time.Second)
-		if m := b.dataGETs()[key]; m != n || n > 8 {
+		if m := b.dataGETs()[key]; m != n || n > 16 {
 			t.Errorf("S3 GETs of the blob: %d a second after the client left, %d two seconds later; want few (of 32) and no more", n, m)
 		}
 		if left := spoolBytes(t, b.spool); left != 0 {
@@ -217,7 +217,7 @@ func TestSpoolConcurrentFetches(t *testing.T) {
 	sizes := []int{64 << 10, 64 << 10, 64 << 10, 64 << 10, 64 << 10}
 	b := newBounded(t, sizes, mirror.WithMaxFetches(2))
 	b.proxy.Add(faultproxy.Rule{Method: http.MethodGet, Match: func(r *http.Request) bool { return isBlobData(r.URL.Path) },
-		Fault: faultproxy.Stall, Delay: time.Second})
+		Fault: faultproxy.Stall, Delay: 2 * time.Second})
 	var wg sync.WaitGroup
 	codes := make([]int, len(sizes))
 	for i := range sizes {
@@ -229,7 +229,11 @@ func TestSpoolConcurrentFetches(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(600 * time.Millisecond)
+	// Each read stalls 2 s: wait (on a slow machine too) until the first
+	// ones have started, then no more than the limit may be under way.
+	for deadline := time.Now().Add(1500 * time.Millisecond); len(b.dataGETs()) < 2 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	if n := len(b.dataGETs()); n != 2 {
 		t.Errorf("blobs being read from S3 at once: %d, want 2", n)
 	}
