@@ -16,11 +16,11 @@ export AWS_EC2_METADATA_DISABLED=true
 [[ $(id -u) == 0 ]] || { echo "demo: the node step (containerd, overlay mounts) needs root" >&2; exit 1; }
 
 t0=$(date +%s.%N)
-n=0 cur="start-up"
+n=0 cur="start-up" # the issue's step numbers: 1 ECR, 2 migrate, 3 node, 4 lazy, 5 doctor, 6 cleanup
 # A command failing outside a checked place still names its step.
 trap 'echo "demo: FAILED in step $n ($cur), line $LINENO" >&2' ERR
-step() { n=$((n + 1)); cur=$*; printf '\n\033[1m== %d. %s\033[0m  (t=%.0fs)\n' "$n" "$*" "$(echo "$(date +%s.%N) - $t0" | bc)"; }
-fail() { printf '\033[31mdemo: FAILED: %s\033[0m\n' "$*" >&2; exit 1; }
+step() { n=$1; shift; cur=$*; printf '\n\033[1m== %s. %s\033[0m  (t=%.0fs)\n' "$n" "$*" "$(echo "$(date +%s.%N) - $t0" | bc)"; }
+fail() { printf '\033[31mdemo: FAILED in step %s: %s\033[0m\n' "$n" "$*" >&2; exit 1; }
 ok() { printf '\033[32m   ok: %s\033[0m\n' "$*"; }
 # freeport LO HI prints a free loopback TCP port in [LO, HI).
 freeport() { python3 -c 'import socket,random,sys
@@ -60,7 +60,7 @@ S3SNAP="$work/s3snap --endpoint $S3SNAP_S3_ENDPOINT"
 export DOCKER_CONFIG=$work/docker
 
 # ---------------------------------------------------------------- 1. ECR
-step "an ECR stand-in (integration/ecrfake's API in front of a Distribution registry) holding a few images"
+step 1 "an ECR stand-in (integration/ecrfake's API in front of a Distribution registry) holding a few images"
 regport=$(freeport 20000 30000)
 "$work/ecrfake" -root "$work/ecr/storage" -htpasswd "$work/ecr/htpasswd" -registry "http://127.0.0.1:$regport" >"$work/ecrfake.env" 2>"$work/ecrfake.log" &
 pids+=($!)
@@ -115,18 +115,18 @@ echo "  untagged: team/api's first v2 (pushed over), multi/tool's two single-arc
 "$work/mkbucket" "$S3SNAP_S3_ENDPOINT" "s3snap-demo-$$" || fail "create bucket s3snap-demo-$$"
 BUCKET=s3snap-demo-$$ # removed on exit
 DST=s3://$BUCKET/ecr
-step "s3snap migrate --dry-run $ECR_URL $DST (inventory and cost)"
+step 2a "s3snap migrate --dry-run $ECR_URL $DST (inventory and cost)"
 $S3SNAP migrate --ecr-endpoint "$ECR_ENDPOINT" --dry-run "$ECR_URL" "$DST" 2>"$work/dry-run.err" || fail "migrate --dry-run"
-step "s3snap migrate $ECR_URL $DST"
+step 2b "s3snap migrate $ECR_URL $DST"
 s=$(date +%s.%N)
 $S3SNAP migrate --ecr-endpoint "$ECR_ENDPOINT" "$ECR_URL" "$DST" || fail "migrate"
 echo "   migrate took $(since "$s")s"
-step "s3snap verify $ECR_URL $DST (the cutover gate)"
+step 2c "s3snap verify $ECR_URL $DST (the cutover gate)"
 $S3SNAP verify --ecr-endpoint "$ECR_ENDPOINT" "$ECR_URL" "$DST" || fail "verify: the bucket does not hold what ECR holds"
 ok "every tag and untagged image is in the bucket at the same digest"
 
 # ---------------------------------------------------------------- 3. node
-step "a node: s3snap install --root (containerd 2.x config), then the agent and containerd started from exactly those files"
+step 3a "a node: s3snap install --root (containerd 2.x config), then the agent and containerd started from exactly those files"
 root=$work/root
 hostsdir=/tmp/s3demo-certs.$$ # the node path config_path names; leads into the root
 mirror=127.0.0.1:$(freeport 600 1000); metrics=127.0.0.1:$(freeport 600 1000)
@@ -158,7 +158,7 @@ crictl() { "$B/crictl" --config "$work/crictl.yaml" --runtime-endpoint "unix://$
 ctrk() { "$B/ctr" --address "$work/c.sock" -n k8s.io "$@"; }
 blobs() { grep -c '"GET /v2/[^ ]*/blobs/' "$work/registry.log" || true; }
 
-step "crictl pull $ECR_HOST/team/api:v1, and a container run from it"
+step 3b "crictl pull $ECR_HOST/team/api:v1, then a container from it (ctr -n k8s.io run: no pod sandbox, whose pause image is not at hand offline)"
 before=$(blobs)
 crictl pull "$ECR_HOST/team/api:v1" || fail "crictl pull $ECR_HOST/team/api:v1"
 provided=$(metric s3snap_snapshotter_layers_provided_total)
@@ -173,9 +173,9 @@ grep -q "hello from s3snap" <<<"$out" || fail "the container did not print its g
 ok "every layer came from S3, the registry served no blob, the container ran"
 
 # ---------------------------------------------------------------- 4. lazy
-step "lazy mode: s3snap index $DST/big/data:v1"
+step 4a "lazy mode: s3snap index $DST/big/data:v1"
 $S3SNAP index "$DST/big/data:v1" || fail "s3snap index"
-step "cold pull + first command: containerd's own pull from the registry, then the agent's lazy (FUSE) mounts from S3"
+step 4b "cold pull + first command: containerd's own pull from the registry, then the agent's lazy (FUSE) mounts from S3"
 s=$(date +%s.%N)
 "$B/ctr" --address "$work/c.sock" -n demo-plain images pull --plain-http --user "AWS:$ECR_TOKEN" "$REG/big/data:v1" >/dev/null 2>"$work/ctr.err" || fail "containerd's own pull of $REG/big/data:v1"
 out=$("$B/ctr" --address "$work/c.sock" -n demo-plain run --rm "$REG/big/data:v1" demo-plain /usr/local/go/bin/go version 2>"$work/ctr.err") || fail "run big/data:v1 (containerd's pull): $out"
@@ -194,13 +194,13 @@ printf '   containerd pull + first command: %6.2fs\n   s3snap lazy pull + first 
 ok "the big image started from S3 with its layers read on demand"
 
 # ---------------------------------------------------------------- 5. doctor
-step "s3snap doctor on that node"
+step 5 "s3snap doctor on that node"
 AWS_PROFILE= AWS_ENDPOINT_URL= "$work/s3snap" doctor --config "$root/etc/s3snap/config.toml" \
   --containerd-config "$root/etc/containerd/config.toml" --containerd-address "$work/c.sock" --timeout 5s || fail "s3snap doctor: the node is not healthy"
 ok "all green"
 
 # ---------------------------------------------------------------- 6. cleanup
-step "stop and remove everything"
+step 6 "stop and remove everything"
 cleanup
 trap - EXIT
 ok "demo passed in $(since "$t0")s"
