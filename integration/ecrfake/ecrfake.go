@@ -77,6 +77,21 @@ type Repository struct {
 // Start starts the registry and the API server; both stop when t ends.
 func Start(t testing.TB, opts Options) *Fake {
 	t.Helper()
+	dir := t.TempDir()
+	f, err := New(filepath.Join(dir, "storage"), filepath.Join(dir, "htpasswd"), "127.0.0.1:0", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	f.Registry = testenv.StartAuthRegistry(t, f.root, f.htpasswd)
+	return f
+}
+
+// New serves the API alone on addr, over a registry the caller runs with
+// storage root and htpasswd file htpasswd (written here, token included);
+// SetProxyEndpoint must name that registry. Close stops it. It is Start
+// for a process outside a test (integration/cmd/ecrfake).
+func New(root, htpasswd, addr string, opts Options) (*Fake, error) {
 	if opts.Account == "" {
 		opts.Account = "123456789012"
 	}
@@ -89,26 +104,26 @@ func Start(t testing.TB, opts Options) *Fake {
 	if opts.PageSize == 0 {
 		opts.PageSize = 2
 	}
-	dir := t.TempDir()
-	f := &Fake{Options: opts, root: filepath.Join(dir, "storage"), htpasswd: filepath.Join(dir, "htpasswd"),
+	f := &Fake{Options: opts, root: root, htpasswd: htpasswd,
 		pushedAt: map[string]time.Time{}, repos: map[string]Repository{}, calls: map[string]int{}}
 	if err := os.MkdirAll(f.root, 0o755); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := f.rotate(); err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("ecrfake: token: %w", err)
 	}
-	f.Registry = testenv.StartAuthRegistry(t, f.root, f.htpasswd)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("ecrfake: %w", err)
 	}
 	f.ln = ln
 	f.srv = &http.Server{Handler: http.HandlerFunc(f.serve), ReadHeaderTimeout: 10 * time.Second}
 	go f.srv.Serve(ln) //nolint:errcheck // ErrServerClosed at Close
-	t.Cleanup(func() { f.srv.Close() })
-	return f
+	return f, nil
 }
+
+// Close stops the API server.
+func (f *Fake) Close() error { return f.srv.Close() }
 
 // Host is the registry's ECR host name, ACCOUNT.dkr.ecr.REGION.amazonaws.com.
 func (f *Fake) Host() string {
