@@ -23,7 +23,7 @@ import (
 // changes. A read whose chunk cannot be fetched or fails verification
 // returns EIO, never data. The tree is built and checked before anything
 // is mounted.
-func Mount(ctx context.Context, dir string, l *Layer, opts ...TreeOption) (*fuse.Server, error) {
+func Mount(ctx context.Context, dir string, l *Layer, opts ...TreeOption) (*Mounted, error) {
 	root, err := Tree(l.toc, opts...)
 	if err != nil {
 		return nil, err
@@ -56,7 +56,14 @@ func Mount(ctx context.Context, dir string, l *Layer, opts ...TreeOption) (*fuse
 	if err := srv.WaitMount(); err != nil {
 		return nil, fmt.Errorf("fuse mount %s: %w", dir, err)
 	}
-	return srv, nil
+	return &Mounted{srv: srv, dir: dir}, nil
+}
+
+// Mounted is a layer Mount presents; only Unmount is left to do with it.
+// It keeps the FUSE server out of its users' sight (and imports).
+type Mounted struct {
+	srv *fuse.Server
+	dir string
 }
 
 // newNodeFS builds the go-fuse inode tree (rootNode.OnAdd runs here,
@@ -239,17 +246,17 @@ func (r *node) Setattr(context.Context, fs.FileHandle, *fuse.SetAttrIn, *fuse.At
 func (r *node) Setxattr(context.Context, string, []byte, uint32) syscall.Errno { return syscall.EROFS }
 func (r *node) Removexattr(context.Context, string) syscall.Errno              { return syscall.EROFS }
 
-// Unmount unmounts a lazy layer at dir; when it is busy (a running
-// container's overlay still uses it) it is detached instead, so it goes
-// away once the last user does.
-func Unmount(srv *fuse.Server, dir string) error {
-	if srv != nil {
-		if err := srv.Unmount(); err == nil {
+// Unmount unmounts the layer; when it is busy (a running container's
+// overlay still uses it) it is detached instead, so it goes away once the
+// last user does.
+func (m *Mounted) Unmount() error {
+	if m.srv != nil {
+		if err := m.srv.Unmount(); err == nil {
 			return nil
 		}
 	}
-	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("unmount %s: %w", dir, err)
+	if err := unix.Unmount(m.dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("unmount %s: %w", m.dir, err)
 	}
 	return nil
 }

@@ -34,7 +34,7 @@ func mount(t *testing.T, b built) string {
 		t.Fatalf("mount: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := Unmount(srv, dir); err != nil {
+		if err := srv.Unmount(); err != nil {
 			t.Error(err)
 		}
 	})

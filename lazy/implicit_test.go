@@ -336,7 +336,7 @@ func TestMountImplicitDirs(t *testing.T) {
 		t.Fatalf("mount: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := Unmount(srv, dir); err != nil {
+		if err := srv.Unmount(); err != nil {
 			t.Error(err)
 		}
 	})

@@ -2,23 +2,16 @@ package snapshotter
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
-	"github.com/opencontainers/image-spec/identity"
 
 	"github.com/s3snap/s3snap/store"
 )
-
-// labelStagedLayer marks a staging snapshot with the layer it holds.
-const labelStagedLayer = "s3snap.io/staged-layer"
 
 // job is one layer being fetched and unpacked in the background. done is
 // closed when result/err are set.
@@ -118,62 +111,4 @@ func (j *jobs) expireJob(d digest.Digest, jb *job) {
 	if err := j.sn.Remove(j.ctx, jb.result.key); err != nil {
 		log.G(j.ctx).WithError(err).WithField("key", jb.result.key).Warn("remove unclaimed staged layer")
 	}
-}
-
-// prefetch starts unpacking every layer of the image that is not yet a
-// snapshot, each from the first of stores that has it. It reads the
-// manifest and config from the first store that can give them to learn the
-// layers' chain IDs; without them it prefetches the listed layers as is.
-func (s *Snapshotter) prefetch(ctx context.Context, stores []*store.Store, r request) {
-	todo := r.layers
-	if r.manifest != "" {
-		for _, st := range stores {
-			layers, err := s.missingLayers(ctx, st, r)
-			if err == nil {
-				todo = layers
-				break
-			}
-			log.G(ctx).WithError(err).WithField("store", st.URL()).Debug("prefetch: cannot read image from store")
-		}
-	}
-	for _, d := range todo {
-		if d == r.layer {
-			continue // its own Prepare starts it
-		}
-		if st, err := firstWith(ctx, stores, d); err == nil {
-			s.jobs.start(st, d)
-		}
-	}
-}
-
-// missingLayers returns the image's layers whose snapshots don't exist yet.
-func (s *Snapshotter) missingLayers(ctx context.Context, st *store.Store, r request) ([]digest.Digest, error) {
-	m, err := st.GetManifest(ctx, r.repo, r.manifest)
-	if err != nil {
-		return nil, err
-	}
-	if m.Image == nil {
-		return nil, fmt.Errorf("manifest %s is an index", r.manifest)
-	}
-	cfg, err := st.ImageConfig(ctx, m.Image.Config.Digest)
-	if err != nil {
-		return nil, err
-	}
-	if len(cfg.RootFS.DiffIDs) != len(m.Image.Layers) {
-		return nil, fmt.Errorf("config %s has %d diff ids for %d layers", m.Image.Config.Digest, len(cfg.RootFS.DiffIDs), len(m.Image.Layers))
-	}
-	chain := identity.ChainIDs(append([]digest.Digest(nil), cfg.RootFS.DiffIDs...))
-	var out []digest.Digest
-	for i, l := range m.Image.Layers {
-		if _, err := s.Snapshotter.Stat(ctx, chain[i].String()); err != nil {
-			out = append(out, l.Digest)
-		}
-	}
-	return out, nil
-}
-
-func uniquePart() string {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	return strconv.FormatInt(time.Now().UnixNano()%1e9, 36) + "-" + base64.RawURLEncoding.EncodeToString(b[:])
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/containerd/continuity"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
@@ -63,14 +62,21 @@ type lazyRecord struct {
 type lazyMount struct {
 	rec    lazyRecord
 	layer  *lazy.Layer
-	srv    *fuse.Server
+	mnt    *lazy.Mounted
 	cancel context.CancelFunc
 }
 
-// lazyMounts is the snapshotter's lazy state.
-type lazyMounts struct {
-	ctx      context.Context // the snapshotter's lifetime
-	dir      string          // <root>/lazy
+// lazyProvider is the layerProvider that mounts layers lazily, and the
+// state of the lazy mounts: they outlive the Prepare that made them, are
+// remounted when the agent starts (lazy_restore.go), and a lazy layer that
+// is not mounted is never shown (checkMounted). It exists when lazy mode
+// is on or an earlier run left lazy mounts; it provides layers only when
+// lazy mode is on.
+type lazyProvider struct {
+	ctx      context.Context       // the snapshotter's lifetime
+	sn       snapshots.Snapshotter // the overlay snapshotter
+	stores   StoreFunc
+	dir      string // <root>/lazy
 	opts     lazyOptions
 	cache    *lazy.Cache
 	prefetch chan struct{} // semaphore: layers prefetching
@@ -95,7 +101,9 @@ func hasLazyMounts(root string) bool {
 	return err == nil && len(entries) > 0
 }
 
-func newLazyMounts(ctx context.Context, root string, o lazyOptions) (*lazyMounts, error) {
+var _ layerProvider = (*lazyProvider)(nil)
+
+func newLazyProvider(ctx context.Context, sn snapshots.Snapshotter, stores StoreFunc, root string, o lazyOptions) (*lazyProvider, error) {
 	dir := filepath.Join(root, "lazy")
 	for _, d := range []string{"mounts", "toc"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
@@ -106,8 +114,8 @@ func newLazyMounts(ctx context.Context, root string, o lazyOptions) (*lazyMounts
 	if err != nil {
 		return nil, err
 	}
-	return &lazyMounts{
-		ctx: ctx, dir: dir, opts: o, cache: cache,
+	return &lazyProvider{
+		ctx: ctx, sn: sn, stores: stores, dir: dir, opts: o, cache: cache,
 		prefetch: make(chan struct{}, max(o.prefetchJobs, 1)),
 		mounts:   map[string]*lazyMount{}, pending: map[string]chan struct{}{},
 		unavailable: map[string]unmounted{},
@@ -116,7 +124,7 @@ func newLazyMounts(ctx context.Context, root string, o lazyOptions) (*lazyMounts
 
 // claim waits until no other Prepare is providing chainID, then marks it
 // as ours until release is called.
-func (l *lazyMounts) claim(ctx context.Context, chainID string) (release func(), err error) {
+func (l *lazyProvider) claim(ctx context.Context, chainID string) (release func(), err error) {
 	for {
 		l.mu.Lock()
 		ch, busy := l.pending[chainID]
@@ -140,16 +148,14 @@ func (l *lazyMounts) claim(ctx context.Context, chainID string) (release func(),
 	}
 }
 
-// tryLazy provides r with a lazy mount if the bucket has a sound index
-// for the layer; false means the layer is to be unpacked as usual.
-func (s *Snapshotter) tryLazy(ctx context.Context, r request, parent string, labels map[string]string) bool {
-	if !s.lazy.opts.enabled {
-		return false
-	}
-	err := s.provideLazy(ctx, r, parent, labels)
+// provide provides r with a lazy mount if the bucket has a sound index
+// for the layer. Every failure passes the layer on (errPassOn), to be
+// unpacked as usual; a bad index is counted as a fallback "bad_index".
+func (l *lazyProvider) provide(ctx context.Context, r request, parent string, labels map[string]string) error {
+	err := l.provideLazy(ctx, r, parent, labels)
 	switch {
 	case err == nil:
-		return true
+		return nil
 	case errors.Is(err, lazy.ErrNoIndex):
 		log.G(ctx).WithField("layer", r.layer).Debug("no lazy index; unpacking the layer")
 	case errors.Is(err, lazy.ErrInvalidIndex), errors.Is(err, lazy.ErrUnsafePath), errors.Is(err, ErrChainMismatch):
@@ -160,7 +166,7 @@ func (s *Snapshotter) tryLazy(ctx context.Context, r request, parent string, lab
 		lazyFallbacks.Inc()
 		log.G(ctx).WithError(err).WithField("layer", r.layer).Warn("lazy mount failed; unpacking the layer")
 	}
-	return false
+	return fmt.Errorf("lazy: %w: %w", errPassOn, err)
 }
 
 // provideLazy makes r.chainID a committed snapshot backed by a lazy mount
@@ -169,18 +175,17 @@ func (s *Snapshotter) tryLazy(ctx context.Context, r request, parent string, lab
 // bucket is checked before anything changes on disk: the TOC is validated
 // as it is decoded, its diff ID must make the chain ID containerd asked
 // for, and the file tree is built once before mounting.
-func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string, labels map[string]string) (retErr error) {
-	l := s.lazy
+func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string, labels map[string]string) (retErr error) {
 	start := time.Now()
 	release, err := l.claim(ctx, r.chainID)
 	if err != nil {
 		return err
 	}
 	defer release()
-	if _, err := s.Snapshotter.Stat(ctx, r.chainID); err == nil {
+	if _, err := l.sn.Stat(ctx, r.chainID); err == nil {
 		return nil // committed meanwhile (and mounted, if lazy: claim waited)
 	}
-	stores := s.stores(r.host)
+	stores := l.stores(r.host)
 	if len(stores) == 0 {
 		return fmt.Errorf("registry %s: %w", r.host, errNotMirrored)
 	}
@@ -203,7 +208,7 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 		return fmt.Errorf("lazy index of %s: %w", r.layer, err)
 	}
 	fetched := time.Since(start)
-	dirs, err := s.implicitDirAttrs(ctx, parent, toc)
+	dirs, err := l.implicitDirAttrs(ctx, parent, toc)
 	if err != nil {
 		return err
 	}
@@ -216,13 +221,13 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 	}
 
 	key := stagePrefix + "lazy-" + r.layer.Encoded() + "-" + uniquePart()
-	mounts, err := s.Snapshotter.Prepare(ctx, key, "", snapshots.WithLabels(map[string]string{labelStagedLayer: r.layer.String()}))
+	mounts, err := l.sn.Prepare(ctx, key, "", snapshots.WithLabels(map[string]string{labelStagedLayer: r.layer.String()}))
 	if err != nil {
 		return fmt.Errorf("prepare lazy snapshot for %s: %w", r.layer, err)
 	}
 	dir, err := upperDir(mounts)
 	if err != nil {
-		s.remove(ctx, key)
+		removeSnapshot(ctx, l.sn, key)
 		return err
 	}
 	rec := lazyRecord{Name: r.chainID, Layer: r.layer, Host: r.host, Store: st.URL(), Dir: dir, Dirs: dirs, TOC: tocDigest}
@@ -230,20 +235,12 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 	// to restore; one before it leaves a record restore drops. Until it is
 	// mounted, no mount of a chain holding it is handed out.
 	if err := l.writeRecord(rec); err != nil {
-		s.remove(ctx, key)
+		removeSnapshot(ctx, l.sn, key)
 		return err
 	}
 	l.setUnavailable(rec, errors.New("being mounted"))
-	commitLabels := map[string]string{labelLazyLayer: r.layer.String()}
-	for k, v := range labels {
-		commitLabels[k] = v
-	}
-	commitOpts := []snapshots.Opt{snapshots.WithLabels(commitLabels)}
-	if parent != "" {
-		commitOpts = append(commitOpts, snapshots.WithParent(parent))
-	}
-	if err := s.Snapshotter.Commit(ctx, r.chainID, key, commitOpts...); err != nil {
-		s.remove(ctx, key)
+	extra := map[string]string{labelLazyLayer: r.layer.String()}
+	if err := commitLayer(ctx, l.sn, key, parent, toc.DiffID, r.chainID, labels, extra); err != nil {
 		l.removeRecord(r.chainID)
 		l.setAvailable(r.chainID)
 		if errdefs.IsAlreadyExists(err) {
@@ -253,7 +250,7 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 	}
 	committed := time.Since(start)
 	if _, err := l.mount(rec, toc, st); err != nil {
-		s.remove(ctx, r.chainID)
+		removeSnapshot(ctx, l.sn, r.chainID)
 		l.removeRecord(r.chainID)
 		l.setAvailable(r.chainID)
 		return err
@@ -269,7 +266,7 @@ func (s *Snapshotter) provideLazy(ctx context.Context, r request, parent string,
 // mount mounts rec's layer and starts prefetching it; once mounted, the
 // layer is available. st may be nil (the registry is no longer mapped):
 // then only cached chunks can be read.
-func (l *lazyMounts) mount(rec lazyRecord, toc *lazy.TOC, st *store.Store) (_ *lazyMount, retErr error) {
+func (l *lazyProvider) mount(rec lazyRecord, toc *lazy.TOC, st *store.Store) (_ *lazyMount, retErr error) {
 	ctx, cancel := context.WithCancel(l.ctx)
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("layer", rec.Layer))
 	defer func() {
@@ -303,12 +300,12 @@ func (l *lazyMounts) mount(rec lazyRecord, toc *lazy.TOC, st *store.Store) (_ *l
 	if err := os.MkdirAll(rec.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("mount point of lazy layer %s: %w", rec.Layer, err)
 	}
-	srv, err := lazy.Mount(ctx, rec.Dir, m.layer, lazy.WithImplicitDirs(rec.Dirs))
+	mnt, err := lazy.Mount(ctx, rec.Dir, m.layer, lazy.WithImplicitDirs(rec.Dirs))
 	if err != nil {
 		_ = unix.Rmdir(rec.Dir) // never leave an empty directory to be shown
 		return nil, err
 	}
-	m.srv = srv
+	m.mnt = mnt
 	l.mu.Lock()
 	l.mounts[rec.Name] = m
 	delete(l.unavailable, rec.Name)
@@ -319,7 +316,7 @@ func (l *lazyMounts) mount(rec lazyRecord, toc *lazy.TOC, st *store.Store) (_ *l
 	return m, nil
 }
 
-func (l *lazyMounts) runPrefetch(ctx context.Context, m *lazyMount) {
+func (l *lazyProvider) runPrefetch(ctx context.Context, m *lazyMount) {
 	select {
 	case l.prefetch <- struct{}{}:
 		defer func() { <-l.prefetch }()
@@ -338,17 +335,14 @@ func (l *lazyMounts) runPrefetch(ctx context.Context, m *lazyMount) {
 }
 
 // unmount stops rec's prefetch and unmounts it.
-func (l *lazyMounts) unmount(m *lazyMount) error {
+func (l *lazyProvider) unmount(m *lazyMount) error {
 	m.cancel()
-	return lazy.Unmount(m.srv, m.rec.Dir)
+	return m.mnt.Unmount()
 }
 
-// Remove removes a snapshot, unmounting it first if it is lazy.
-func (s *Snapshotter) Remove(ctx context.Context, key string) error {
-	if s.lazy == nil {
-		return s.Snapshotter.Remove(ctx, key)
-	}
-	l := s.lazy
+// remove removes a snapshot, unmounting it first if it is lazy. Nothing
+// else provides or mounts key meanwhile: it holds key's claim.
+func (l *lazyProvider) remove(ctx context.Context, key string) error {
 	// Not while the layer is being provided or mounted again.
 	release, err := l.claim(ctx, key)
 	if err != nil {
@@ -360,7 +354,7 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	_, down := l.unavailable[key]
 	l.mu.Unlock()
 	if m == nil {
-		if err := s.Snapshotter.Remove(ctx, key); err != nil {
+		if err := l.sn.Remove(ctx, key); err != nil {
 			return err
 		}
 		if down { // never shown, and now gone: stop retrying it
@@ -372,14 +366,14 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	// A snapshot with children cannot go: let the overlay snapshotter say
 	// so before the mount is touched.
 	hasChildren := false
-	if err := s.Snapshotter.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+	if err := l.sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
 		hasChildren = hasChildren || info.Parent == key
 		return nil
 	}); err != nil {
 		return err
 	}
 	if hasChildren {
-		return s.Snapshotter.Remove(ctx, key)
+		return l.sn.Remove(ctx, key)
 	}
 	if err := l.unmount(m); err != nil {
 		return err
@@ -387,31 +381,30 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	l.mu.Lock()
 	delete(l.mounts, key)
 	l.mu.Unlock()
-	if err := s.Snapshotter.Remove(ctx, key); err != nil {
+	if err := l.sn.Remove(ctx, key); err != nil {
 		// Still committed, now unmounted: never shown so, mounted again.
 		l.hide(ctx, m.rec, err)
-		s.startRetry()
+		l.startRetry()
 		return err
 	}
 	l.removeRecord(key)
 	return nil
 }
 
-// Usage of a lazy snapshot is the bytes of its layer on local disk.
-func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, error) {
-	if s.lazy != nil {
-		s.lazy.mu.Lock()
-		m := s.lazy.mounts[key]
-		s.lazy.mu.Unlock()
-		if m != nil {
-			return snapshots.Usage{Size: m.layer.CachedBytes(), Inodes: int64(len(m.layer.TOC().Entries))}, nil
-		}
+// usage is a lazy snapshot's usage: the bytes of its layer on local
+// disk. ok is false when key is not a mounted lazy layer.
+func (l *lazyProvider) usage(key string) (_ snapshots.Usage, ok bool) {
+	l.mu.Lock()
+	m := l.mounts[key]
+	l.mu.Unlock()
+	if m == nil {
+		return snapshots.Usage{}, false
 	}
-	return s.Snapshotter.Usage(ctx, key)
+	return snapshots.Usage{Size: m.layer.CachedBytes(), Inodes: int64(len(m.layer.TOC().Entries))}, true
 }
 
 // close unmounts every lazy layer (detaching those still in use).
-func (l *lazyMounts) close() {
+func (l *lazyProvider) close() {
 	l.mu.Lock()
 	l.closed = true
 	mounts := l.mounts

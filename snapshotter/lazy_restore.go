@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/continuity"
 	"github.com/containerd/continuity/sysx"
@@ -45,13 +44,13 @@ type unmounted struct {
 	err error // why the last attempt failed
 }
 
-func (l *lazyMounts) setUnavailable(rec lazyRecord, err error) {
+func (l *lazyProvider) setUnavailable(rec lazyRecord, err error) {
 	l.mu.Lock()
 	l.unavailable[rec.Name] = unmounted{rec: rec, err: err}
 	l.mu.Unlock()
 }
 
-func (l *lazyMounts) setAvailable(name string) {
+func (l *lazyProvider) setAvailable(name string) {
 	l.mu.Lock()
 	delete(l.unavailable, name)
 	l.mu.Unlock()
@@ -59,11 +58,10 @@ func (l *lazyMounts) setAvailable(name string) {
 
 // checkMounted fails if the chain ending at name (a snapshot's key or
 // name; "" is no chain) holds a lazy layer that is not mounted.
-func (s *Snapshotter) checkMounted(ctx context.Context, name string) error {
-	if s.lazy == nil || name == "" {
+func (l *lazyProvider) checkMounted(ctx context.Context, name string) error {
+	if l == nil || name == "" {
 		return nil
 	}
-	l := s.lazy
 	l.mu.Lock()
 	n := len(l.unavailable)
 	l.mu.Unlock()
@@ -77,7 +75,7 @@ func (s *Snapshotter) checkMounted(ctx context.Context, name string) error {
 		if down {
 			return fmt.Errorf("snapshot %s (layer %s) cannot be mounted yet (%v), retrying: %w", name, u.rec.Layer, u.err, ErrLayerUnavailable)
 		}
-		info, err := s.Snapshotter.Stat(ctx, name)
+		info, err := l.sn.Stat(ctx, name)
 		if err != nil {
 			return nil // the overlay snapshotter reports it
 		}
@@ -86,28 +84,10 @@ func (s *Snapshotter) checkMounted(ctx context.Context, name string) error {
 	return nil
 }
 
-// View checks the parent chain is whole before the overlay snapshotter
-// makes the view.
-func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
-	if err := s.checkMounted(ctx, parent); err != nil {
-		return nil, err
-	}
-	return s.Snapshotter.View(ctx, key, parent, opts...)
-}
-
-// Mounts checks the snapshot's chain is whole before returning its mounts.
-func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
-	if err := s.checkMounted(ctx, key); err != nil {
-		return nil, err
-	}
-	return s.Snapshotter.Mounts(ctx, key)
-}
-
 // restoreLazy remounts every lazy snapshot a previous run committed. One
 // that cannot be mounted now is kept from being shown and retried in the
 // background; nothing here can stop the agent from starting.
-func (s *Snapshotter) restoreLazy(ctx context.Context) {
-	l := s.lazy
+func (l *lazyProvider) restoreLazy(ctx context.Context) {
 	entries, err := os.ReadDir(filepath.Join(l.dir, "mounts"))
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("lazy: read mount records")
@@ -124,36 +104,35 @@ func (s *Snapshotter) restoreLazy(ctx context.Context) {
 			os.Remove(filepath.Join(l.dir, "mounts", e.Name()))
 			continue
 		}
-		info, err := s.Snapshotter.Stat(ctx, rec.Name)
+		info, err := l.sn.Stat(ctx, rec.Name)
 		if err != nil || info.Kind != snapshots.KindCommitted {
 			l.removeRecord(rec.Name) // never committed, or removed meanwhile
 			continue
 		}
-		if err := s.remountLazy(ctx, rec); err != nil {
+		if err := l.remountLazy(ctx, rec); err != nil {
 			lazyRestoreFailures.Inc()
 			log.G(ctx).WithError(err).WithField("snapshot", rec.Name).WithField("layer", rec.Layer).Error("lazy: cannot remount layer; no container is given it until it is mounted, retrying")
 			l.hide(ctx, rec, err)
 		}
 	}
-	s.startRetry()
+	l.startRetry()
 }
 
 // startRetry starts the retry loop unless it runs or nothing waits.
-func (s *Snapshotter) startRetry() {
-	l := s.lazy
+func (l *lazyProvider) startRetry() {
 	l.mu.Lock()
 	retry := len(l.unavailable) > 0 && !l.retrying && !l.closed
 	l.retrying = l.retrying || retry
 	l.mu.Unlock()
 	if retry {
-		go s.retryMounts(l.ctx)
+		go l.retryMounts(l.ctx)
 	}
 }
 
 // stillUnavailable reports, once the caller holds name's claim, whether
 // it still waits to be mounted: another Prepare or the retry loop may
 // have mounted it meanwhile.
-func (l *lazyMounts) stillUnavailable(name string) (lazyRecord, bool) {
+func (l *lazyProvider) stillUnavailable(name string) (lazyRecord, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	u, down := l.unavailable[name]
@@ -161,7 +140,7 @@ func (l *lazyMounts) stillUnavailable(name string) (lazyRecord, bool) {
 }
 
 // hide marks rec unavailable and takes its mount point away.
-func (l *lazyMounts) hide(ctx context.Context, rec lazyRecord, err error) {
+func (l *lazyProvider) hide(ctx context.Context, rec lazyRecord, err error) {
 	l.setUnavailable(rec, err)
 	_ = unix.Unmount(rec.Dir, unix.MNT_DETACH)
 	if err := unix.Rmdir(rec.Dir); err != nil && !errors.Is(err, unix.ENOENT) {
@@ -171,8 +150,7 @@ func (l *lazyMounts) hide(ctx context.Context, rec lazyRecord, err error) {
 
 // retryMounts tries the unavailable lazy layers again, backing off from
 // one second to a minute, until none is left or the agent stops.
-func (s *Snapshotter) retryMounts(ctx context.Context) {
-	l := s.lazy
+func (l *lazyProvider) retryMounts(ctx context.Context) {
 	wait := time.Second
 	for {
 		select {
@@ -201,10 +179,10 @@ func (s *Snapshotter) retryMounts(ctx context.Context) {
 				release()
 				continue
 			}
-			if _, err := s.Snapshotter.Stat(ctx, rec.Name); errdefs.IsNotFound(err) {
+			if _, err := l.sn.Stat(ctx, rec.Name); errdefs.IsNotFound(err) {
 				l.setAvailable(rec.Name)
 				l.removeRecord(rec.Name)
-			} else if err := s.remountLazy(ctx, rec); err != nil {
+			} else if err := l.remountLazy(ctx, rec); err != nil {
 				l.hide(ctx, rec, err)
 				log.G(ctx).WithError(err).WithField("snapshot", rec.Name).WithField("layer", rec.Layer).WithField("retry_in", min(2*wait, time.Minute)).Warn("lazy: remount failed")
 			} else {
@@ -219,10 +197,9 @@ func (s *Snapshotter) retryMounts(ctx context.Context) {
 // remountLazy mounts rec's layer from its local TOC, or from the bucket's
 // when there is none. Either copy is validated again: the local one could
 // be damaged, and the bucket's is untrusted.
-func (s *Snapshotter) remountLazy(ctx context.Context, rec lazyRecord) (retErr error) {
-	l := s.lazy
+func (l *lazyProvider) remountLazy(ctx context.Context, rec lazyRecord) (retErr error) {
 	var st *store.Store
-	stores := s.stores(rec.Host)
+	stores := l.stores(rec.Host)
 	for _, c := range stores {
 		if c.URL() == rec.Store {
 			st = c
@@ -269,12 +246,12 @@ func (s *Snapshotter) remountLazy(ctx context.Context, rec lazyRecord) (retErr e
 // implicitDirAttrs looks up, in the parent chain, the directories toc's
 // layer implies without holding them, as containerd's applier does (see
 // parents.go): the attributes to give them in the lazy tree.
-func (s *Snapshotter) implicitDirAttrs(ctx context.Context, parent string, toc *lazy.TOC) (map[string]lazy.Entry, error) {
+func (l *lazyProvider) implicitDirAttrs(ctx context.Context, parent string, toc *lazy.TOC) (map[string]lazy.Entry, error) {
 	names := lazy.ImplicitDirs(toc)
 	if len(names) == 0 || parent == "" {
 		return nil, nil
 	}
-	lowers, err := s.parentLowers(ctx, parent)
+	lowers, err := parentLowers(ctx, l.sn, parent)
 	if err != nil {
 		return nil, fmt.Errorf("parent %s: %w", parent, err)
 	}
@@ -332,15 +309,15 @@ func (s *Snapshotter) implicitDirAttrs(ctx context.Context, parent string, toc *
 // tocPath is where a local copy of an encoded TOC is kept, by its own
 // digest: two chains holding one layer through different TOCs never share
 // one.
-func (l *lazyMounts) tocPath(toc digest.Digest) string {
+func (l *lazyProvider) tocPath(toc digest.Digest) string {
 	return filepath.Join(l.dir, "toc", toc.Encoded())
 }
 
-func (l *lazyMounts) recordPath(name string) string {
+func (l *lazyProvider) recordPath(name string) string {
 	return filepath.Join(l.dir, "mounts", digest.FromString(name).Encoded()+".json")
 }
 
-func (l *lazyMounts) writeRecord(rec lazyRecord) error {
+func (l *lazyProvider) writeRecord(rec lazyRecord) error {
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return err
@@ -353,7 +330,7 @@ func (l *lazyMounts) writeRecord(rec lazyRecord) error {
 
 // readRecord reads a mount record; its mount point must be a snapshot
 // directory of this snapshotter, nothing else.
-func (l *lazyMounts) readRecord(file string) (lazyRecord, error) {
+func (l *lazyProvider) readRecord(file string) (lazyRecord, error) {
 	var rec lazyRecord
 	b, err := os.ReadFile(filepath.Join(l.dir, "mounts", file))
 	if err != nil {
@@ -370,7 +347,7 @@ func (l *lazyMounts) readRecord(file string) (lazyRecord, error) {
 	return rec, nil
 }
 
-func (l *lazyMounts) removeRecord(name string) {
+func (l *lazyProvider) removeRecord(name string) {
 	if err := os.Remove(l.recordPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.G(l.ctx).WithError(err).Warn("lazy: remove mount record")
 	}
@@ -380,8 +357,7 @@ func (l *lazyMounts) removeRecord(name string) {
 // is a lazy layer that could not be mounted: it is mounted now if it can
 // be, else removed when nothing is built on it, so the layer is provided
 // (or pulled) afresh instead of reported as present.
-func (s *Snapshotter) retake(ctx context.Context, chainID string) {
-	l := s.lazy
+func (l *lazyProvider) retake(ctx context.Context, chainID string) {
 	if l == nil {
 		return
 	}
@@ -400,10 +376,10 @@ func (s *Snapshotter) retake(ctx context.Context, chainID string) {
 	if !down {
 		return
 	}
-	if err := s.remountLazy(ctx, rec); err == nil {
+	if err := l.remountLazy(ctx, rec); err == nil {
 		return
 	}
-	if err := s.Snapshotter.Remove(ctx, chainID); err != nil {
+	if err := l.sn.Remove(ctx, chainID); err != nil {
 		return // it has children: it stays unavailable and retried
 	}
 	l.setAvailable(chainID)

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/continuity/sysx"
 	"golang.org/x/sys/unix"
@@ -108,16 +109,16 @@ const lowersPrefix = "s3snap-lowers-"
 // lowerDirs returns the directories of the parent chain topmost first, as
 // an overlay mount on top of parent would stack them. A view is made to
 // ask the overlay snapshotter (it alone knows the directories) and removed.
-func (s *Snapshotter) lowerDirs(ctx context.Context, parent string) ([]string, error) {
+func lowerDirs(ctx context.Context, sn snapshots.Snapshotter, parent string) ([]string, error) {
 	if parent == "" {
 		return nil, nil
 	}
 	key := lowersPrefix + uniquePart()
-	mounts, err := s.Snapshotter.View(ctx, key, parent)
+	mounts, err := sn.View(ctx, key, parent)
 	if err != nil {
 		return nil, fmt.Errorf("view parent %s: %w", parent, err)
 	}
-	defer s.remove(ctx, key)
+	defer removeSnapshot(ctx, sn, key)
 	return mountLowers(mounts)
 }
 
@@ -251,12 +252,12 @@ func copyDirAttrs(dst, src string, fi os.FileInfo) error {
 
 // parentLowers returns the lower directories of parent for a commit; a
 // parent that is not a snapshot yields none (its Commit fails anyway).
-func (s *Snapshotter) parentLowers(ctx context.Context, parent string) ([]string, error) {
+func parentLowers(ctx context.Context, sn snapshots.Snapshotter, parent string) ([]string, error) {
 	if parent == "" {
 		return nil, nil
 	}
-	if _, err := s.Snapshotter.Stat(ctx, parent); err != nil {
+	if _, err := sn.Stat(ctx, parent); err != nil {
 		return nil, err
 	}
-	return s.lowerDirs(ctx, parent)
+	return lowerDirs(ctx, sn, parent)
 }

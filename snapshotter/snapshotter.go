@@ -1,11 +1,23 @@
 // Package snapshotter is s3snap's containerd snapshotter: containerd's own
 // overlayfs snapshotter, plus this: when containerd prepares the snapshot
-// of an image layer that the bucket holds, the layer is fetched from S3
-// with parallel ranged GETs, verified, unpacked and committed as an
-// ordinary overlay snapshot, and Prepare answers ErrAlreadyExists, so
-// containerd downloads nothing. The first layer's Prepare starts every
-// missing layer of the image unpacking at once. Anything that goes wrong
-// falls back to containerd's normal pull: Prepare returns ordinary mounts.
+// of an image layer that the bucket holds, the layer is provided from S3
+// and committed as an ordinary overlay snapshot, and Prepare answers
+// ErrAlreadyExists, so containerd downloads nothing. Anything that goes
+// wrong falls back to containerd's normal pull: Prepare returns ordinary
+// mounts.
+//
+// Prepare is one flow (this file): parse containerd's labels (labels.go),
+// ask the layer providers in turn, each behind the layerProvider interface
+// (provider.go), and on failure record why and fall back. There are two
+// providers. The eager one (eager.go) fetches the layer with parallel
+// ranged GETs, verifies and unpacks it; the first layer's Prepare starts
+// every missing layer of the image unpacking at once (jobs.go, stores.go,
+// unpack.go). The lazy one (lazy.go, lazy_restore.go), when lazy mode is
+// on, commits the layer empty and mounts its index there with package
+// lazy, fetching file data on first read. Either commits through
+// commitLayer, only under the chain ID the layer makes (chain.go), with
+// its implicit directories as containerd's applier makes them
+// (parents.go).
 package snapshotter
 
 import (
@@ -36,11 +48,12 @@ type StoreFunc func(host string) []*store.Store
 // state is the overlay snapshotter's, so committed layers survive restarts
 // of the agent and of containerd.
 type Snapshotter struct {
-	snapshots.Snapshotter // the overlay snapshotter
-	stores                StoreFunc
-	jobs                  *jobs
+	snapshots.Snapshotter                 // the overlay snapshotter
+	providers             []layerProvider // asked in turn
 	cancel                context.CancelFunc
-	lazy                  *lazyMounts // nil unless WithLazy
+	// lazy is nil unless lazy mode is on or an earlier run left lazy
+	// mounts (then they are remounted, but no layer is provided lazily).
+	lazy *lazyProvider
 }
 
 type options struct {
@@ -72,21 +85,24 @@ func New(ctx context.Context, root string, stores StoreFunc, opts ...Option) (*S
 		return nil, fmt.Errorf("open overlay snapshotter in %s: %w", root, err)
 	}
 	lifetime, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s := &Snapshotter{Snapshotter: ov, stores: stores, cancel: cancel}
-	s.jobs = newJobs(lifetime, ov, o.unpackJobs, o.stagedTTL)
+	s := &Snapshotter{Snapshotter: ov, cancel: cancel}
 	if err := s.removeStaged(ctx); err != nil {
 		cancel()
 		ov.Close()
 		return nil, err
 	}
 	if o.lazy.enabled || hasLazyMounts(root) {
-		if s.lazy, err = newLazyMounts(lifetime, root, o.lazy); err != nil {
+		if s.lazy, err = newLazyProvider(lifetime, ov, stores, root, o.lazy); err != nil {
 			cancel()
 			ov.Close()
 			return nil, err
 		}
-		s.restoreLazy(ctx)
+		s.lazy.restoreLazy(ctx)
+		if o.lazy.enabled {
+			s.providers = append(s.providers, s.lazy)
+		}
 	}
+	s.providers = append(s.providers, &eager{sn: ov, stores: stores, jobs: newJobs(lifetime, ov, o.unpackJobs, o.stagedTTL)})
 	return s, nil
 }
 
@@ -123,7 +139,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 			return nil, err
 		}
 	}
-	if err := s.checkMounted(ctx, parent); err != nil {
+	if err := s.lazy.checkMounted(ctx, parent); err != nil {
 		return nil, err
 	}
 	r, err := parseRequest(base.Labels)
@@ -137,72 +153,53 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	return s.Snapshotter.Prepare(ctx, key, parent, opts...)
 }
 
-// admit decides whether staged layer sl may become chainID on top of
-// parent, and gives its implicit directories the parent's attributes.
-func (s *Snapshotter) admit(ctx context.Context, sl *staged, parent, chainID string) error {
-	if err := checkChain(parent, sl.diffID, chainID); err != nil {
-		return err
+// provide makes chain ID r.chainID exist as a committed snapshot from the
+// bucket, asking each provider in turn until one does not pass it on. An
+// error means containerd should pull the layer itself.
+func (s *Snapshotter) provide(ctx context.Context, r request, parent string, labels map[string]string) error {
+	s.lazy.retake(ctx, r.chainID)
+	var err error
+	for _, p := range s.providers {
+		if err = p.provide(ctx, r, parent, labels); !errors.Is(err, errPassOn) {
+			return err
+		}
 	}
-	if len(sl.dirs) == 0 {
-		return nil
-	}
-	lowers, err := s.parentLowers(ctx, parent)
-	if err != nil {
-		return fmt.Errorf("parent %s: %w", parent, err)
-	}
-	return inheritDirs(sl.dir, sl.dirs, lowers)
+	return err
 }
 
-// provide makes chain ID r.chainID exist as a committed snapshot from the
-// bucket. An error means containerd should pull the layer itself.
-func (s *Snapshotter) provide(ctx context.Context, r request, parent string, labels map[string]string) error {
-	s.retake(ctx, r.chainID)
-	if s.lazy != nil && s.tryLazy(ctx, r, parent, labels) {
-		return nil
+// View checks the parent chain is whole before the overlay snapshotter
+// makes the view.
+func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	if err := s.lazy.checkMounted(ctx, parent); err != nil {
+		return nil, err
 	}
-	if _, err := s.Snapshotter.Stat(ctx, r.chainID); err == nil {
-		return nil // already committed, by us or an earlier pull
+	return s.Snapshotter.View(ctx, key, parent, opts...)
+}
+
+// Mounts checks the snapshot's chain is whole before returning its mounts.
+func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
+	if err := s.lazy.checkMounted(ctx, key); err != nil {
+		return nil, err
 	}
-	stores := s.stores(r.host)
-	if len(stores) == 0 {
-		return fmt.Errorf("registry %s: %w", r.host, errNotMirrored)
+	return s.Snapshotter.Mounts(ctx, key)
+}
+
+// Remove removes a snapshot, unmounting it first if it is lazy.
+func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	if s.lazy == nil {
+		return s.Snapshotter.Remove(ctx, key)
 	}
-	stores = manifestFirst(ctx, stores, r)
-	st, err := firstWith(ctx, stores, r.layer)
-	if err != nil {
-		return err
-	}
-	if len(r.layers) > 1 {
-		s.prefetch(ctx, stores, r)
-	}
-	start := time.Now()
-	sl, err := s.fetchLayer(ctx, stores, st, r.layer)
-	if err != nil {
-		return err
-	}
-	if err := s.admit(ctx, sl, parent, r.chainID); err != nil {
-		s.remove(ctx, sl.key)
-		return fmt.Errorf("layer %s: %w", r.layer, err)
-	}
-	commitLabels := map[string]string{}
-	for k, v := range labels {
-		commitLabels[k] = v
-	}
-	commitOpts := []snapshots.Opt{snapshots.WithLabels(commitLabels)}
-	if parent != "" {
-		commitOpts = append(commitOpts, snapshots.WithParent(parent))
-	}
-	if err := s.Snapshotter.Commit(ctx, r.chainID, sl.key, commitOpts...); err != nil {
-		s.remove(ctx, sl.key)
-		if errdefs.IsAlreadyExists(err) {
-			return nil // a concurrent pull committed it first
+	return s.lazy.remove(ctx, key)
+}
+
+// Usage of a lazy snapshot is the bytes of its layer on local disk.
+func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, error) {
+	if s.lazy != nil {
+		if u, ok := s.lazy.usage(key); ok {
+			return u, nil
 		}
-		return fmt.Errorf("commit layer %s as %s: %w", r.layer, r.chainID, err)
 	}
-	layersFetched.WithLabelValues(sl.store).Inc()
-	bytesFetched.WithLabelValues(sl.store).Add(float64(sl.bytes))
-	log.G(ctx).WithField("layer", r.layer).WithField("chainID", r.chainID).WithField("store", sl.store).WithField("waited", time.Since(start)).Info("layer provided from s3")
-	return nil
+	return s.Snapshotter.Usage(ctx, key)
 }
 
 var (
@@ -231,12 +228,6 @@ func (s *Snapshotter) fallback(ctx context.Context, r request, err error) {
 	log.G(ctx).WithError(err).WithField("layer", r.layer).WithField("image", r.host+"/"+r.repo).Warn("falling back to containerd's pull")
 }
 
-func (s *Snapshotter) remove(ctx context.Context, key string) {
-	if err := s.Snapshotter.Remove(context.WithoutCancel(ctx), key); err != nil {
-		log.G(ctx).WithError(err).WithField("key", key).Warn("remove staging snapshot")
-	}
-}
-
 // removeStaged removes staging snapshots and the views made to find a
 // parent's directories that a previous run left behind.
 func (s *Snapshotter) removeStaged(ctx context.Context) error {
@@ -252,7 +243,7 @@ func (s *Snapshotter) removeStaged(ctx context.Context) error {
 		return fmt.Errorf("walk snapshots: %w", err)
 	}
 	for _, k := range keys {
-		s.remove(ctx, k)
+		removeSnapshot(ctx, s.Snapshotter, k)
 	}
 	return nil
 }

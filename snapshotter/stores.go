@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -59,35 +58,4 @@ func firstWith(ctx context.Context, stores []*store.Store, d digest.Digest) (*st
 		return nil, errors.Join(errs...)
 	}
 	return nil, fmt.Errorf("layer %s: %w", d, errNotInBucket)
-}
-
-// fetchLayer unpacks layer d from st, the first of stores that has it; if
-// that fails (S3 down, a damaged object) the next store that has it is
-// tried. The error is the failures, never "not in the bucket".
-func (s *Snapshotter) fetchLayer(ctx context.Context, stores []*store.Store, st *store.Store, d digest.Digest) (*staged, error) {
-	var errs []error
-	for {
-		sl, err := s.jobs.claim(ctx, st, d)
-		if errors.Is(err, errClaimed) {
-			sl, err = unpackLayer(ctx, s.Snapshotter, st, d)
-		}
-		if err == nil {
-			return sl, nil
-		}
-		errs = append(errs, err)
-		if ctx.Err() != nil {
-			return nil, errors.Join(errs...)
-		}
-		rest := stores[slices.Index(stores, st)+1:]
-		if len(rest) == 0 {
-			return nil, errors.Join(errs...)
-		}
-		log.G(ctx).WithError(err).WithField("store", st.URL()).WithField("layer", d).Warn("fetch layer from store failed; trying the next")
-		if st, err = firstWith(ctx, rest, d); err != nil {
-			if !errors.Is(err, errNotInBucket) {
-				errs = append(errs, err)
-			}
-			return nil, errors.Join(errs...)
-		}
-	}
 }

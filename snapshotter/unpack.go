@@ -9,7 +9,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/archive"
 	"github.com/containerd/containerd/v2/pkg/archive/compression"
@@ -18,10 +17,6 @@ import (
 
 	"github.com/s3snap/s3snap/store"
 )
-
-// stagePrefix names the active snapshots layers are unpacked into before
-// containerd asks for them; they have no parent until Commit rebases them.
-const stagePrefix = "s3snap-stage-"
 
 // staged is a layer unpacked into an active, parentless snapshot.
 type staged struct {
@@ -92,15 +87,6 @@ func unpackLayer(ctx context.Context, sn snapshots.Snapshotter, st *store.Store,
 	unpackSeconds.Observe(time.Since(start).Seconds())
 	log.G(ctx).WithField("layer", d).WithField("bytes", s.bytes).WithField("took", time.Since(start)).Debug("layer unpacked from s3")
 	return s, nil
-}
-
-// upperDir returns the directory an active snapshot's content goes in.
-// A parentless overlay snapshot is a bind mount of its upper directory.
-func upperDir(mounts []mount.Mount) (string, error) {
-	if len(mounts) == 1 && mounts[0].Type == "bind" {
-		return mounts[0].Source, nil
-	}
-	return "", fmt.Errorf("unexpected staging mounts %v: want one bind mount", mounts)
 }
 
 // blobError decides what an unpack or inflate failure was: the rest of
