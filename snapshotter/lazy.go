@@ -208,7 +208,7 @@ func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string
 		return fmt.Errorf("lazy index of %s: %w", r.layer, err)
 	}
 	fetched := time.Since(start)
-	dirs, err := l.implicitDirAttrs(ctx, parent, toc)
+	dirs, err := implicitDirAttrs(ctx, l.sn, parent, toc)
 	if err != nil {
 		return err
 	}

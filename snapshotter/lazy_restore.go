@@ -6,15 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/continuity"
-	"github.com/containerd/continuity/sysx"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -241,69 +238,6 @@ func (l *lazyProvider) remountLazy(ctx context.Context, rec lazyRecord) (retErr 
 	}
 	_, err = l.mount(rec, toc, st)
 	return err
-}
-
-// implicitDirAttrs looks up, in the parent chain, the directories toc's
-// layer implies without holding them, as containerd's applier does (see
-// parents.go): the attributes to give them in the lazy tree.
-func (l *lazyProvider) implicitDirAttrs(ctx context.Context, parent string, toc *lazy.TOC) (map[string]lazy.Entry, error) {
-	names := lazy.ImplicitDirs(toc)
-	if len(names) == 0 || parent == "" {
-		return nil, nil
-	}
-	lowers, err := parentLowers(ctx, l.sn, parent)
-	if err != nil {
-		return nil, fmt.Errorf("parent %s: %w", parent, err)
-	}
-	explicit := map[string]*lazy.Entry{}
-	for i := range toc.Entries {
-		if e := &toc.Entries[i]; e.Type == lazy.TypeDir {
-			explicit[e.Name] = e
-		}
-	}
-	out := map[string]lazy.Entry{}
-	for _, name := range names {
-		p, fi, ok, err := lowerDir(lowers, name)
-		if err != nil {
-			return nil, fmt.Errorf("implicit directory %s: %w", name, err)
-		}
-		if !ok {
-			// A default directory, in the group of a setgid parent as
-			// mkdir(2) makes it under containerd's applier.
-			e := lazy.Entry{Name: name, Type: lazy.TypeDir, Mode: 0o755}
-			parent, found := out[path.Dir(name)]
-			if !found {
-				if x := explicit[path.Dir(name)]; x != nil {
-					parent, found = *x, true
-				}
-			}
-			if found && parent.Mode&unix.S_ISGID != 0 {
-				e.GID = parent.GID
-			}
-			out[name] = e
-			continue
-		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			continue
-		}
-		e := lazy.Entry{Name: name, Type: lazy.TypeDir, Mode: st.Mode & 07777, UID: int(st.Uid), GID: int(st.Gid), ModTime: fi.ModTime().UnixNano()}
-		if attrs, err := sysx.LListxattr(p); err == nil {
-			for _, a := range attrs {
-				if strings.HasPrefix(a, "trusted.") {
-					continue
-				}
-				if v, err := sysx.LGetxattr(p, a); err == nil {
-					if e.Xattrs == nil {
-						e.Xattrs = map[string][]byte{}
-					}
-					e.Xattrs[a] = v
-				}
-			}
-		}
-		out[name] = e
-	}
-	return out, nil
 }
 
 // tocPath is where a local copy of an encoded TOC is kept, by its own

@@ -16,6 +16,8 @@ import (
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/continuity/sysx"
 	"golang.org/x/sys/unix"
+
+	"github.com/s3snap/s3snap/lazy"
 )
 
 // Implicit parents. A layer may hold "a/b/file" without an entry for "a"
@@ -28,7 +30,9 @@ import (
 // with the same rules: the topmost lower layer that has the path decides;
 // if it holds a non-directory there, the default stays; "trusted.*"
 // xattrs are not copied. Times are left alone: containerd's copy is undone
-// by the files created inside the directory anyway.
+// by the files created inside the directory anyway. A lazy layer is not
+// unpacked: its implicit directories get the same attributes in its tree
+// (implicitDirAttrs).
 
 // maxDirs bounds the directories a layer's unpack keeps track of: a
 // hostile layer of millions of directories is refused, not held in memory.
@@ -260,4 +264,67 @@ func parentLowers(ctx context.Context, sn snapshots.Snapshotter, parent string) 
 		return nil, err
 	}
 	return lowerDirs(ctx, sn, parent)
+}
+
+// implicitDirAttrs looks up, in the parent chain, the directories toc's
+// layer implies without holding them, as containerd's applier does (see
+// above): the attributes to give them in the lazy tree.
+func implicitDirAttrs(ctx context.Context, sn snapshots.Snapshotter, parent string, toc *lazy.TOC) (map[string]lazy.Entry, error) {
+	names := lazy.ImplicitDirs(toc)
+	if len(names) == 0 || parent == "" {
+		return nil, nil
+	}
+	lowers, err := parentLowers(ctx, sn, parent)
+	if err != nil {
+		return nil, fmt.Errorf("parent %s: %w", parent, err)
+	}
+	explicit := map[string]*lazy.Entry{}
+	for i := range toc.Entries {
+		if e := &toc.Entries[i]; e.Type == lazy.TypeDir {
+			explicit[e.Name] = e
+		}
+	}
+	out := map[string]lazy.Entry{}
+	for _, name := range names {
+		p, fi, ok, err := lowerDir(lowers, name)
+		if err != nil {
+			return nil, fmt.Errorf("implicit directory %s: %w", name, err)
+		}
+		if !ok {
+			// A default directory, in the group of a setgid parent as
+			// mkdir(2) makes it under containerd's applier.
+			e := lazy.Entry{Name: name, Type: lazy.TypeDir, Mode: 0o755}
+			parent, found := out[path.Dir(name)]
+			if !found {
+				if x := explicit[path.Dir(name)]; x != nil {
+					parent, found = *x, true
+				}
+			}
+			if found && parent.Mode&unix.S_ISGID != 0 {
+				e.GID = parent.GID
+			}
+			out[name] = e
+			continue
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			continue
+		}
+		e := lazy.Entry{Name: name, Type: lazy.TypeDir, Mode: st.Mode & 07777, UID: int(st.Uid), GID: int(st.Gid), ModTime: fi.ModTime().UnixNano()}
+		if attrs, err := sysx.LListxattr(p); err == nil {
+			for _, a := range attrs {
+				if strings.HasPrefix(a, "trusted.") {
+					continue
+				}
+				if v, err := sysx.LGetxattr(p, a); err == nil {
+					if e.Xattrs == nil {
+						e.Xattrs = map[string][]byte{}
+					}
+					e.Xattrs[a] = v
+				}
+			}
+		}
+		out[name] = e
+	}
+	return out, nil
 }
