@@ -1,5 +1,7 @@
 // Package lazy is s3snap's lazy-pull index: its format, building it from a
-// layer blob, and reading a layer through it, file data on demand.
+// layer blob, and reading a layer through it, file data on demand, into a
+// verified chunk cache; Mount presents such a layer with FUSE. It is the
+// only package that uses go-fuse: users hold a Mounted, and unmount it.
 //
 // A layer's index is two objects in the store's s3snap area, beside (never
 // inside) the registry layout, so image digests and layer blobs stay
