@@ -235,7 +235,7 @@ func compareTree(t *testing.T, dir string, root *Node) {
 			return err
 		}
 		e := n.Entry
-		if got := fileType(e.Type); got != st.Mode&unix.S_IFMT {
+		if got := typeBits(e.Type); got != st.Mode&unix.S_IFMT {
 			t.Errorf("%s: type %o, containerd %o", rel, got, st.Mode&unix.S_IFMT)
 		}
 		if e.Mode != st.Mode&07777 || uint32(e.UID) != st.Uid || uint32(e.GID) != st.Gid {
@@ -306,51 +306,19 @@ func TestTreeLeavesTOCAlone(t *testing.T) {
 	}
 }
 
-// go-fuse panics on a name it cannot hold; Tree never makes one, and if it
-// did, mounting would fail with an error before anything is mounted, not
-// crash the agent.
-func TestNodeFSPanicIsAnError(t *testing.T) {
-	b := hostileBase(t)
-	root, err := Tree(b.toc)
-	if err != nil {
-		t.Fatal(err)
+// typeBits is the S_IFMT bits of an entry type.
+func typeBits(t Type) uint32 {
+	switch t {
+	case TypeDir:
+		return unix.S_IFDIR
+	case TypeSymlink:
+		return unix.S_IFLNK
+	case TypeChar:
+		return unix.S_IFCHR
+	case TypeBlock:
+		return unix.S_IFBLK
+	case TypeFifo:
+		return unix.S_IFIFO
 	}
-	root.Children[""] = &Node{Entry: Entry{Type: TypeChar}, Ino: 99, Nlink: 1}
-	_, err = newNodeFS(&rootNode{node{n: root, l: &Layer{toc: b.toc}, ctx: context.Background()}}, nil)
-	if !errors.Is(err, ErrInvalidIndex) {
-		t.Fatalf("a tree with an empty name: %v, want ErrInvalidIndex", err)
-	}
-}
-
-// Mounted, an implied directory has the attributes WithImplicitDirs gives.
-func TestMountImplicitDirs(t *testing.T) {
-	needFUSE(t)
-	b := build(t, 1024, reg("a/b/f", []byte("f")))
-	if dirs := ImplicitDirs(b.toc); !reflect.DeepEqual(dirs, []string{"a", "a/b"}) {
-		t.Fatalf("implicit dirs %q", dirs)
-	}
-	dir := t.TempDir()
-	attrs := map[string]Entry{"a": {Mode: 0o2751, UID: 5, GID: 6, ModTime: 1600000000e9, Xattrs: map[string][]byte{"user.x": []byte("y"), "trusted.no": []byte("1")}}}
-	srv, err := Mount(context.Background(), dir, b.layer(t), WithImplicitDirs(attrs))
-	if err != nil {
-		t.Fatalf("mount: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Unmount(); err != nil {
-			t.Error(err)
-		}
-	})
-	var st unix.Stat_t
-	if err := unix.Lstat(filepath.Join(dir, "a"), &st); err != nil {
-		t.Fatal(err)
-	}
-	if st.Mode&07777 != 0o2751 || st.Uid != 5 || st.Gid != 6 || st.Mtim.Sec != 1600000000 {
-		t.Errorf("a: mode %o owner %d:%d mtime %d, want 2751 5:6 1600000000", st.Mode&07777, st.Uid, st.Gid, st.Mtim.Sec)
-	}
-	if x := xattrsOf(t, filepath.Join(dir, "a")); !reflect.DeepEqual(x, map[string][]byte{"user.x": []byte("y")}) {
-		t.Errorf("a xattrs %q, want user.x only", x)
-	}
-	if err := unix.Lstat(filepath.Join(dir, "a/b"), &st); err != nil || st.Mode&07777 != 0o755 || st.Uid != 0 {
-		t.Errorf("a/b: mode %o owner %d, %v; want 755 root", st.Mode&07777, st.Uid, err)
-	}
+	return unix.S_IFREG
 }

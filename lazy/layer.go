@@ -107,6 +107,13 @@ const readaheadBytes = 8 << 20
 // readAt is ReadAt for a read within a file whose content ends at fileEnd
 // in the stream: a miss also fetches the file's next missing chunks.
 func (l *Layer) readAt(p []byte, off, fileEnd int64) (int, error) {
+	return l.ReadFileAt(p, off, fileEnd)
+}
+
+// ReadFileAt is ReadAt for a read within a file whose content ends at
+// fileEnd in the stream: a miss also fetches the file's next chunks, so a
+// program reading a file waits for one round trip, not one per chunk.
+func (l *Layer) ReadFileAt(p []byte, off, fileEnd int64) (int, error) {
 	size := l.toc.StreamSize()
 	if off >= size {
 		return 0, io.EOF

@@ -6,10 +6,6 @@ import (
 )
 
 var (
-	readErrors = promauto.NewCounter(prometheus.CounterOpts{
-		Namespace: "s3snap", Subsystem: "lazy", Name: "read_errors_total",
-		Help: "Reads of lazily mounted files that failed (chunk not fetched or failing verification): EIO, never data.",
-	})
 	chunksFetched = promauto.NewCounter(prometheus.CounterOpts{
 		Namespace: "s3snap", Subsystem: "lazy", Name: "chunks_fetched_total",
 		Help: "Lazy data chunks fetched from S3, verified and cached.",

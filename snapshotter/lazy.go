@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/s3snap/s3snap/lazy"
+	"github.com/s3snap/s3snap/lazy/mount"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -62,7 +63,7 @@ type lazyRecord struct {
 type lazyMount struct {
 	rec    lazyRecord
 	layer  *lazy.Layer
-	mnt    *lazy.Mounted
+	mnt    *mount.Mounted
 	cancel context.CancelFunc
 }
 
@@ -300,7 +301,7 @@ func (l *lazyProvider) mount(rec lazyRecord, toc *lazy.TOC, st *store.Store) (_ 
 	if err := os.MkdirAll(rec.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("mount point of lazy layer %s: %w", rec.Layer, err)
 	}
-	mnt, err := lazy.Mount(ctx, rec.Dir, m.layer, lazy.WithImplicitDirs(rec.Dirs))
+	mnt, err := mount.Mount(ctx, rec.Dir, m.layer, lazy.WithImplicitDirs(rec.Dirs))
 	if err != nil {
 		_ = unix.Rmdir(rec.Dir) // never leave an empty directory to be shown
 		return nil, err

@@ -1,4 +1,8 @@
-package lazy
+// Package mount serves a lazily pulled layer (package lazy: its index and
+// verified chunk reads) as a read-only FUSE file system shaped as overlayfs
+// expects a lower directory. It is the one package that speaks FUSE, so
+// what only reads indexes (doctor, the CLI) never links go-fuse.
+package mount
 
 import (
 	"context"
@@ -11,8 +15,17 @@ import (
 	"github.com/containerd/log"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"golang.org/x/sys/unix"
+
+	"github.com/s3snap/s3snap/lazy"
 )
+
+var readErrors = promauto.NewCounter(prometheus.CounterOpts{
+	Namespace: "s3snap", Subsystem: "lazy", Name: "read_errors_total",
+	Help: "Reads of lazily mounted files that failed (chunk not fetched or failing verification): EIO, never data.",
+})
 
 // Mount presents layer l read-only at dir with FUSE, as overlayfs expects a
 // lower directory: whiteouts as 0:0 character devices, opaque directories
@@ -23,8 +36,8 @@ import (
 // changes. A read whose chunk cannot be fetched or fails verification
 // returns EIO, never data. The tree is built and checked before anything
 // is mounted.
-func Mount(ctx context.Context, dir string, l *Layer, opts ...TreeOption) (*Mounted, error) {
-	root, err := Tree(l.toc, opts...)
+func Mount(ctx context.Context, dir string, l *lazy.Layer, opts ...lazy.TreeOption) (*Mounted, error) {
+	root, err := lazy.Tree(l.TOC(), opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -32,7 +45,7 @@ func Mount(ctx context.Context, dir string, l *Layer, opts ...TreeOption) (*Moun
 	fsOpts := &fs.Options{
 		MountOptions: fuse.MountOptions{
 			AllowOther:   true,
-			FsName:       "s3snap:" + l.toc.Layer.Encoded()[:12],
+			FsName:       "s3snap:" + l.TOC().Layer.Encoded()[:12],
 			Name:         "s3snap",
 			DirectMount:  true, // as root: mount(2) itself, no fusermount needed
 			Options:      []string{"default_permissions", "ro"},
@@ -73,7 +86,7 @@ type Mounted struct {
 func newNodeFS(root *rootNode, opts *fs.Options) (rawFS fuse.RawFileSystem, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("layer %s: building its file system: %v: %w", root.l.toc.Layer, r, ErrInvalidIndex)
+			err = fmt.Errorf("layer %s: building its file system: %v: %w", root.l.TOC().Layer, r, lazy.ErrInvalidIndex)
 		}
 	}()
 	return fs.NewNodeFS(root, opts), nil
@@ -82,8 +95,8 @@ func newNodeFS(root *rootNode, opts *fs.Options) (rawFS fuse.RawFileSystem, err 
 // node is one file of the mounted layer.
 type node struct {
 	fs.Inode
-	n   *Node
-	l   *Layer
+	n   *lazy.Node
+	l   *lazy.Layer
 	ctx context.Context // for logging
 }
 
@@ -110,9 +123,9 @@ var (
 func (r *rootNode) OnAdd(ctx context.Context) {
 	type dirInode struct {
 		in *fs.Inode
-		n  *Node
+		n  *lazy.Node
 	}
-	made := map[*Node]*fs.Inode{r.n: &r.Inode}
+	made := map[*lazy.Node]*fs.Inode{r.n: &r.Inode}
 	stack := []dirInode{{&r.Inode, r.n}}
 	for len(stack) > 0 {
 		d := stack[len(stack)-1]
@@ -132,17 +145,17 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 	}
 }
 
-func fileType(t Type) uint32 {
+func fileType(t lazy.Type) uint32 {
 	switch t {
-	case TypeDir:
+	case lazy.TypeDir:
 		return syscall.S_IFDIR
-	case TypeSymlink:
+	case lazy.TypeSymlink:
 		return syscall.S_IFLNK
-	case TypeChar:
+	case lazy.TypeChar:
 		return syscall.S_IFCHR
-	case TypeBlock:
+	case lazy.TypeBlock:
 		return syscall.S_IFBLK
-	case TypeFifo:
+	case lazy.TypeFifo:
 		return syscall.S_IFIFO
 	}
 	return syscall.S_IFREG
@@ -156,13 +169,13 @@ func (r *node) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) sy
 	a.Nlink = r.n.Nlink
 	a.Owner = fuse.Owner{Uid: uint32(e.UID), Gid: uint32(e.GID)}
 	switch e.Type {
-	case TypeReg:
+	case lazy.TypeReg:
 		a.Size = uint64(e.Size)
-	case TypeSymlink:
+	case lazy.TypeSymlink:
 		a.Size = uint64(len(e.Linkname))
-	case TypeChar, TypeBlock:
+	case lazy.TypeChar, lazy.TypeBlock:
 		a.Rdev = uint32(unix.Mkdev(uint32(e.DevMajor), uint32(e.DevMinor)))
-	case TypeDir:
+	case lazy.TypeDir:
 		a.Size = 4096
 	}
 	a.Blksize = 4096
@@ -200,7 +213,7 @@ func (r *node) Listxattr(_ context.Context, dest []byte) (uint32, syscall.Errno)
 }
 
 func (r *node) Readlink(context.Context) ([]byte, syscall.Errno) {
-	if r.n.Entry.Type != TypeSymlink {
+	if r.n.Entry.Type != lazy.TypeSymlink {
 		return nil, syscall.EINVAL
 	}
 	return []byte(r.n.Entry.Linkname), fs.OK
@@ -215,15 +228,15 @@ func (r *node) Open(_ context.Context, flags uint32) (fs.FileHandle, uint32, sys
 
 func (r *node) Read(_ context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	e := &r.n.Entry
-	if e.Type != TypeReg {
+	if e.Type != lazy.TypeReg {
 		return nil, syscall.EINVAL
 	}
 	if off >= e.Size {
 		return fuse.ReadResultData(nil), fs.OK
 	}
 	n := min(int64(len(dest)), e.Size-off)
-	if _, err := r.l.readAt(dest[:n], e.Offset+off, e.Offset+e.Size); err != nil {
-		log.G(r.ctx).WithError(err).WithField("file", e.Name).WithField("layer", r.l.toc.Layer).Error("lazy read failed")
+	if _, err := r.l.ReadFileAt(dest[:n], e.Offset+off, e.Offset+e.Size); err != nil {
+		log.G(r.ctx).WithError(err).WithField("file", e.Name).WithField("layer", r.l.TOC().Layer).Error("lazy read failed")
 		readErrors.Inc()
 		return nil, syscall.EIO
 	}
@@ -233,8 +246,8 @@ func (r *node) Read(_ context.Context, _ fs.FileHandle, dest []byte, off int64) 
 func (r *node) Statfs(_ context.Context, out *fuse.StatfsOut) syscall.Errno {
 	out.Bsize = 4096
 	out.NameLen = 255
-	out.Files = uint64(len(r.l.toc.Entries))
-	out.Blocks = uint64(r.l.toc.StreamSize() / 4096)
+	out.Files = uint64(len(r.l.TOC().Entries))
+	out.Blocks = uint64(r.l.TOC().StreamSize() / 4096)
 	return fs.OK
 }
 
