@@ -375,3 +375,77 @@ func TestLifecycleGCGrace(t *testing.T) {
 		t.Errorf("report %+v; want 4 blobs (old, and the old image's manifest, config, layer) and 1 revision link swept, 1 blob protected, 1 untagged kept", rep)
 	}
 }
+
+// TestLifecycleGCDuringMigration: gc runs again and again, with the default
+// grace period, while a migration writes into the same bucket; nothing the
+// migration writes is lost (verify passes), and a last gc once it is done
+// sweeps only what was garbage before it started.
+func TestLifecycleGCDuringMigration(t *testing.T) {
+	e := testenv.S3(t)
+	f := newPlanFixture(t)
+	cli := newMigrateCLI(t, e)
+	bucket := e.NewBucket(t)
+	st := store.New(e.Client(t), bucket)
+	ctx := context.Background()
+	kept := testenv.NewImage(t, hostPlatform(), layerFiles("already here"))
+	testenv.PutImage(t, st, "kept", kept)
+	if err := st.Tag(ctx, "kept", "v1", kept.Digest); err != nil {
+		t.Fatal(err)
+	}
+	orphan := []byte("garbage from before the migration")
+	if _, err := st.PutBlob(ctx, digest.FromBytes(orphan), int64(len(orphan)), bytes.NewReader(orphan)); err != nil {
+		t.Fatal(err)
+	}
+
+	src, dst := "docker://"+f.src.Addr+"/app", "s3://"+bucket
+	// Slow enough (about 4 s) for several gc runs to land mid-image.
+	cmd := cli.command("migrate", "--max-bandwidth=1MiB/s", "--jobs=2", src, dst)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	runs := 0
+	var merr error
+loop:
+	for {
+		select {
+		case merr = <-done:
+			break loop
+		default:
+		}
+		rep, err := lifecycle.GC(ctx, st)
+		if err != nil {
+			t.Fatalf("gc during the migration: %v", err)
+		}
+		if rep.Swept != (lifecycle.Swept{}) {
+			t.Errorf("gc with the default grace swept %+v during the migration", rep.Swept)
+		}
+		runs++
+	}
+	if merr != nil {
+		t.Fatalf("migration: %v\n%s", merr, out.String())
+	}
+	if runs < 3 {
+		t.Errorf("only %d gc runs during the migration: not interleaved", runs)
+	}
+	t.Logf("%d gc runs during the migration", runs)
+	if _, _, code := cli.run(t, "verify", src, dst); code != 0 {
+		t.Fatalf("verify after gc during the migration: exit %d", code)
+	}
+	rep, err := lifecycle.GC(ctx, st, lifecycle.WithGrace(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Swept.Blobs.Objects != 1 || rep.Swept.Blobs.Bytes != int64(len(orphan)) || rep.Tags != 4 {
+		t.Errorf("final gc: %+v; want only the orphan swept, 4 tags kept", rep)
+	}
+	if _, _, code := cli.run(t, "verify", "--deep", src, dst); code != 0 {
+		t.Errorf("verify --deep after the final gc: exit %d", code)
+	}
+	if err := st.CheckComplete(ctx, "kept", kept.Digest); err != nil {
+		t.Error(err)
+	}
+}
