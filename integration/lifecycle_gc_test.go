@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/s3snap/s3snap/integration/faultproxy"
 	"github.com/s3snap/s3snap/integration/testenv"
 	"github.com/s3snap/s3snap/lazy"
 	"github.com/s3snap/s3snap/lifecycle"
@@ -448,4 +450,51 @@ loop:
 	if err := st.CheckComplete(ctx, "kept", kept.Digest); err != nil {
 		t.Error(err)
 	}
+}
+
+// TestLifecycleGCUnderPull: a node is pulling an image from the bucket when
+// its tag is removed and gc (no grace) deletes its blobs, at the first
+// ranged read of a layer. The agent falls back to the registry for what is
+// gone: the pull succeeds and the container sees the right bytes.
+func TestLifecycleGCUnderPull(t *testing.T) {
+	p := newPullEnv(t, false)
+	ctx := context.Background()
+	files := map[string][]byte{"/data/a": pseudoRandom(31, 3<<20), "/data/b": pseudoRandom(32, 1<<20)}
+	im := testenv.RunnableImage(t,
+		[]testenv.File{{Name: "data/a", Data: files["/data/a"]}},
+		[]testenv.File{{Name: "data/b", Data: files["/data/b"]}},
+	)
+	ref := p.add(t, "gc/app", im, true)
+	var rep *lifecycle.GCReport
+	h := p.proxy.Add(faultproxy.Rule{
+		Method: http.MethodGet,
+		Match:  func(r *http.Request) bool { return r.Header.Get("Range") != "" && strings.Contains(r.URL.Path, "/blobs/") },
+		Nth:    1,
+		Hook: func(*http.Request) {
+			if _, err := lifecycle.RemoveTag(ctx, p.st, "gc/app", "v1", false); err != nil {
+				t.Error(err)
+				return
+			}
+			var err error
+			if rep, err = lifecycle.GC(ctx, p.st, lifecycle.WithGrace(0)); err != nil {
+				t.Error(err)
+			}
+		},
+	})
+	p.pull(t, ref)
+	if h.Fired() != 1 || rep == nil {
+		t.Fatalf("gc did not run under the pull (rule fired %d times)", h.Fired())
+	}
+	t.Logf("gc under the pull:\n%s", rep)
+	if rep.Swept.Blobs.Objects != int64(len(im.Layers))+2 {
+		t.Errorf("gc swept %d blobs, want the image's %d layers, config and manifest", rep.Swept.Blobs.Objects, len(im.Layers))
+	}
+	fromRegistry := 0
+	for _, l := range im.Layers {
+		fromRegistry += registryRequests(t, p.reg, "/v2/gc/app/blobs/"+digest.FromBytes(l).String())
+	}
+	if fromRegistry == 0 {
+		t.Error("no layer came from the registry: the pull did not see the deletion")
+	}
+	p.run(t, ref, "gc-under-pull", files)
 }
