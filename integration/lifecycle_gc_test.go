@@ -468,8 +468,10 @@ func TestLifecycleGCUnderPull(t *testing.T) {
 	var rep *lifecycle.GCReport
 	h := p.proxy.Add(faultproxy.Rule{
 		Method: http.MethodGet,
-		Match:  func(r *http.Request) bool { return r.Header.Get("Range") != "" && strings.Contains(r.URL.Path, "/blobs/") },
-		Nth:    1,
+		Match: func(r *http.Request) bool {
+			return r.Header.Get("Range") != "" && strings.Contains(r.URL.Path, "/blobs/")
+		},
+		Nth: 1,
 		Hook: func(*http.Request) {
 			if _, err := lifecycle.RemoveTag(ctx, p.st, "gc/app", "v1", false); err != nil {
 				t.Error(err)
