@@ -160,7 +160,8 @@ func WithObserver(fn func(Deletion)) GCOption { return func(o *gcOptions) { o.ob
 // per link (tags, revision and layer links, kept while the repositories are
 // scanned) and 60 bytes per marked digest; blobs are streamed, one listing
 // page per prefix in flight, and pending deletes are at most jobs+1
-// batches. At 100k blobs and 10k tags that is tens of MB.
+// batches. Over 101k blobs and 10k tags (integration/bench BenchmarkGC)
+// the Go heap peaked at 66 MiB.
 func GC(ctx context.Context, st *store.Store, opts ...GCOption) (*GCReport, error) {
 	o := gcOptions{grace: DefaultGrace, jobs: 16, now: time.Now}
 	for _, opt := range opts {
