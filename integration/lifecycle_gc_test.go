@@ -349,6 +349,16 @@ func TestLifecycleGCGrace(t *testing.T) {
 	youngUntagged := testenv.NewImage(t, hostPlatform(), layerFiles("young untagged"))
 	testenv.PutImage(t, st, "app", youngUntagged)
 
+	// --keep-untagged keeps both untagged images whatever the grace period;
+	// the two unreferenced blobs would still go.
+	dry, err := lifecycle.GC(ctx, st, lifecycle.WithGrace(0), lifecycle.WithKeepUntagged(time.Hour), lifecycle.WithDryRun(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dry.UntaggedKept != 2 || dry.Swept.Blobs.Objects != 2 || dry.Swept.RevisionLinks.Objects != 0 {
+		t.Errorf("keep-untagged dry run: %+v; want 2 untagged kept, only the 2 unreferenced blobs swept", dry)
+	}
+
 	rep, err := lifecycle.GC(ctx, st, lifecycle.WithGrace(grace))
 	if err != nil {
 		t.Fatal(err)
