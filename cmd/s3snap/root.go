@@ -120,6 +120,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(newVersionCmd(g), newLsCmd(g), newInspectCmd(g), newPushCmd(g), newAgentCmd(g), newMigrateCmd(g), newVerifyCmd(g), newInstallCmd(g), newDoctorCmd(g))
 	root.AddCommand(newRewriteCmd(g))
 	root.AddCommand(newIndexCmd(g))
+	root.AddCommand(newRmCmd(g))
 	return root
 }
 
