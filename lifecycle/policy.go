@@ -1,6 +1,3 @@
-// Package lifecycle applies retention to the images in a store: removing a
-// manifest and its tags, and ECR lifecycle policies (the same JSON, the same
-// evaluation) that decide which images to remove.
 package lifecycle
 
 import (
