@@ -1,7 +1,9 @@
 package lifecycle
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -75,11 +77,71 @@ func LoadPolicy(ctx context.Context, st *store.Store, repo string) (*Policy, err
 	return p, nil
 }
 
+// PushedName is the name, in the store's s3snap area, of the push times
+// migrate recorded for repository repo's images
+// (<prefix>/s3snap/lifecycle/<repo>/pushed.json): the source registry's
+// (ECR's imagePushedAt), which the copies' own LastModified lose.
+func PushedName(repo string) string { return "lifecycle/" + repo + "/pushed.json" }
+
+// maxPushedSize bounds a pushed.json: about 100 bytes for each of MaxImages.
+const maxPushedSize = 16 << 20
+
+type pushedDoc struct {
+	Images map[digest.Digest]time.Time `json:"images"`
+}
+
+// RecordPushed merges times (manifest digest to when the source says it
+// was pushed) into repository repo's record of push times, which prune
+// prefers to the bucket's own times.
+func RecordPushed(ctx context.Context, st *store.Store, repo string, times map[digest.Digest]time.Time) error {
+	if err := store.ValidateRepository(repo); err != nil {
+		return err
+	}
+	old, err := loadPushed(ctx, st, repo)
+	if err != nil {
+		return err
+	}
+	doc := pushedDoc{Images: old}
+	if doc.Images == nil {
+		doc.Images = map[digest.Digest]time.Time{}
+	}
+	for d, t := range times {
+		if d.Validate() == nil && !t.IsZero() {
+			doc.Images[d] = t.UTC()
+		}
+	}
+	b, err := json.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	if len(b) > maxPushedSize {
+		return fmt.Errorf("push times of %s: %d bytes, more than %d: %w", repo, len(b), maxPushedSize, ErrTooMany)
+	}
+	return st.PutExtra(ctx, PushedName(repo), bytes.NewReader(b))
+}
+
+// loadPushed reads repo's recorded push times; nil when there are none.
+func loadPushed(ctx context.Context, st *store.Store, repo string) (map[digest.Digest]time.Time, error) {
+	b, err := st.GetExtra(ctx, PushedName(repo), maxPushedSize)
+	if errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrNoSuchBucket) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("push times of %s: %w", repo, err)
+	}
+	var doc pushedDoc
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("push times of %s (%s): %w: %v", repo, PushedName(repo), store.ErrCorrupt, err)
+	}
+	return doc.Images, nil
+}
+
 // ListImages returns repository repo's images as a policy sees them: every
 // manifest with a revision link (tagged or not, index children included,
-// as ECR lists them), the tags pointing at it, and when it was pushed: its
-// revision link's LastModified, which Distribution and s3snap write when
-// the manifest is put. Tags pointing at a manifest the repository does not
+// as ECR lists them), the tags pointing at it, and when it was pushed: the
+// source registry's time where migrate recorded one (RecordPushed), else
+// its revision link's LastModified, which Distribution and s3snap write
+// when the manifest is put. Tags pointing at a manifest the repository does not
 // hold are left out (no registry serves them).
 func ListImages(ctx context.Context, st *store.Store, repo string) ([]Image, error) {
 	if err := store.ValidateRepository(repo); err != nil {
@@ -106,6 +168,15 @@ func ListImages(ctx context.Context, st *store.Store, repo string) ([]Image, err
 	})
 	if err != nil {
 		return nil, err
+	}
+	recorded, err := loadPushed(ctx, st, repo)
+	if err != nil {
+		return nil, err
+	}
+	for i := range images {
+		if t, ok := recorded[images[i].Digest]; ok && !t.IsZero() {
+			images[i].PushedAt = t
+		}
 	}
 	tags, err := st.ListTags(ctx, repo)
 	if err != nil {
