@@ -93,7 +93,7 @@ func Start(t testing.TB, opts Options) *Fake {
 	}
 	dir := t.TempDir()
 	f := &Fake{Options: opts, root: filepath.Join(dir, "storage"), htpasswd: filepath.Join(dir, "htpasswd"),
-		pushedAt: map[string]time.Time{}, repos: map[string]Repository{}, policies: map[string]string{}, calls: map[string]int{}}
+		pushedAt: map[string]time.Time{}, repos: map[string]Repository{}, calls: map[string]int{}}
 	if err := os.MkdirAll(f.root, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -155,6 +155,9 @@ func (f *Fake) SetPushedAt(repo, digest string, t time.Time) {
 func (f *Fake) SetLifecyclePolicy(repo, text string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.policies == nil {
+		f.policies = map[string]string{}
+	}
 	f.policies[repo] = text
 }
 
