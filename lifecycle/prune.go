@@ -280,12 +280,12 @@ type pruneOptions struct {
 // PruneOption configures Prune.
 type PruneOption func(*pruneOptions)
 
-// WithNow evaluates ages (sinceImagePushed) at t instead of the current
-// time: "what would expire in a week".
-func WithNow(t time.Time) PruneOption { return func(o *pruneOptions) { o.now = t } }
+// WithEvaluationTime evaluates ages (sinceImagePushed) at t instead of
+// the current time: "what would expire in a week".
+func WithEvaluationTime(t time.Time) PruneOption { return func(o *pruneOptions) { o.now = t } }
 
-// WithDryRun makes Prune decide and report, and remove nothing.
-func WithDryRun(b bool) PruneOption { return func(o *pruneOptions) { o.dryRun = b } }
+// WithPruneDryRun makes Prune decide and report, and remove nothing.
+func WithPruneDryRun(b bool) PruneOption { return func(o *pruneOptions) { o.dryRun = b } }
 
 // Prune applies policy p to repository repo: it lists the images, evaluates
 // p as ECR would, and removes each expired image with RemoveManifest (its

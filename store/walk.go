@@ -59,6 +59,11 @@ func (s *Store) RevisionLinkKey(name string, d digest.Digest) string {
 	return s.layout.revisionLink(name, d)
 }
 
+// LayerLinkKey is the key of blob d's layer link in repository name.
+func (s *Store) LayerLinkKey(name string, d digest.Digest) string {
+	return s.layout.layerLink(name, d)
+}
+
 // TagKey is the key prefix of tag in repository name (its current link
 // and index links), with a trailing slash.
 func (s *Store) TagKey(name, tag string) string { return s.layout.tag(name, tag) }
@@ -88,6 +93,31 @@ func (s *Store) Walk(ctx context.Context, prefix string, fn func(Object) error) 
 				obj.LastModified = *o.LastModified
 			}
 			if err := fn(obj); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// WalkDirs calls fn for every "directory" directly under key prefix (a
+// listing with delimiter "/": the common prefixes, each ending in "/").
+func (s *Store) WalkDirs(ctx context.Context, prefix string, fn func(dir string) error) error {
+	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix, Delimiter: aws.String("/")})
+	for p.HasMorePages() {
+		var page *s3.ListObjectsV2Output
+		err := s.request(ctx, func(ctx context.Context, opts func(*s3.Options)) (err error) {
+			page, err = p.NextPage(ctx, opts)
+			return err
+		})
+		if err != nil {
+			if isNotFound(err) {
+				return s.notFound(err, "list s3://"+s.bucket+"/"+prefix)
+			}
+			return fmt.Errorf("list s3://%s/%s: %w", s.bucket, prefix, err)
+		}
+		for _, cp := range page.CommonPrefixes {
+			if err := fn(aws.ToString(cp.Prefix)); err != nil {
 				return err
 			}
 		}

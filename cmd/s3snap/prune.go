@@ -141,7 +141,7 @@ func newPruneCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("list repositories in %s: %w", loc.store.URL(), err)
 				}
 			}
-			out, err := g.prune(ctx, loc.store, repos, policy, loc.repo != "", lifecycle.WithNow(now), lifecycle.WithDryRun(dryRun))
+			out, err := g.prune(ctx, loc.store, repos, policy, loc.repo != "", lifecycle.WithEvaluationTime(now), lifecycle.WithPruneDryRun(dryRun))
 			if g.json() {
 				if jerr := writeJSON(g.stdout, out); jerr != nil && err == nil {
 					err = jerr

@@ -121,6 +121,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(newRewriteCmd(g))
 	root.AddCommand(newIndexCmd(g))
 	root.AddCommand(newRmCmd(g))
+	root.AddCommand(newGcCmd(g))
 	root.AddCommand(newPruneCmd(g))
 	return root
 }
