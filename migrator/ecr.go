@@ -15,6 +15,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ecr/types"
 	"github.com/containerd/log"
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/s3snap/s3snap/lifecycle"
+	"github.com/s3snap/s3snap/store"
 )
 
 // ECRAPI is the part of the ECR API the migrator calls.
@@ -23,6 +27,7 @@ type ECRAPI interface {
 	ecr.DescribeImagesAPIClient
 	GetAuthorizationToken(ctx context.Context, in *ecr.GetAuthorizationTokenInput, optFns ...func(*ecr.Options)) (*ecr.GetAuthorizationTokenOutput, error)
 	CreateRepository(ctx context.Context, in *ecr.CreateRepositoryInput, optFns ...func(*ecr.Options)) (*ecr.CreateRepositoryOutput, error)
+	GetLifecyclePolicy(ctx context.Context, in *ecr.GetLifecyclePolicyInput, optFns ...func(*ecr.Options)) (*ecr.GetLifecyclePolicyOutput, error)
 }
 
 // ErrNotECR is returned for a host that is not ACCOUNT.dkr.ecr.REGION.amazonaws.com.
@@ -310,6 +315,78 @@ func (c *ecrCatalog) images(ctx context.Context, repo string, f Filter) ([]Item,
 		}
 	}
 	return out, nil
+}
+
+// PolicyCopy is what a migration from ECR into a bucket did with one
+// repository's lifecycle policy.
+type PolicyCopy struct {
+	Repository            string `json:"repository"`
+	DestinationRepository string `json:"destinationRepository,omitempty"`
+	// Status is "copied", "none" (the repository has no policy) or
+	// "failed".
+	Status string `json:"status"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// policySource is a catalog whose repositories carry lifecycle policies.
+type policySource interface {
+	// lifecyclePolicy returns repo's policy text, or nil when it has none.
+	lifecyclePolicy(ctx context.Context, repo string) ([]byte, error)
+}
+
+func (c *ecrCatalog) lifecyclePolicy(ctx context.Context, repo string) ([]byte, error) {
+	out, err := c.e.api.GetLifecyclePolicy(ctx, &ecr.GetLifecyclePolicyInput{RegistryId: aws.String(c.e.account), RepositoryName: aws.String(repo)})
+	var none *types.LifecyclePolicyNotFoundException
+	if errors.As(err, &none) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ecr GetLifecyclePolicy %s: %w", repo, err)
+	}
+	return []byte(aws.ToString(out.LifecyclePolicyText)), nil
+}
+
+// copyLifecycle copies the lifecycle policy of every repository items came
+// from into st (lifecycle.PolicyName of the destination repository), where
+// s3snap prune finds it, with the push times the source gave (a copy's own
+// time is the migration's). A failure is reported, and does not fail the
+// images.
+func copyLifecycle(ctx context.Context, src policySource, st *store.Store, items []Item, rename func(string) string) []PolicyCopy {
+	var out []PolicyCopy
+	pushed := map[string]map[digest.Digest]time.Time{}
+	var repos []string
+	for _, it := range items {
+		if pushed[it.Repository] == nil {
+			pushed[it.Repository] = map[digest.Digest]time.Time{}
+			repos = append(repos, it.Repository)
+		}
+		if it.Digest != "" && !it.PushedAt.IsZero() {
+			pushed[it.Repository][it.Digest] = it.PushedAt
+		}
+	}
+	for _, repo := range repos {
+		pc := PolicyCopy{Repository: repo, Status: "copied"}
+		dst := rename(repo)
+		if dst != repo {
+			pc.DestinationRepository = dst
+		}
+		text, err := src.lifecyclePolicy(ctx, repo)
+		switch {
+		case err == nil && text == nil:
+			pc.Status = "none"
+		case err == nil:
+			err = lifecycle.SavePolicy(ctx, st, dst, text)
+		}
+		if err == nil && len(pushed[repo]) > 0 {
+			err = lifecycle.RecordPushed(ctx, st, dst, pushed[repo])
+		}
+		if err != nil {
+			pc.Status, pc.Reason = "failed", err.Error()
+			log.G(ctx).WithError(err).WithField("repository", repo).Warn("lifecycle policy not copied")
+		}
+		out = append(out, pc)
+	}
+	return out
 }
 
 func itemOf(repo string, d types.ImageDetail) Item {

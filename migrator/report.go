@@ -90,6 +90,9 @@ type Report struct {
 	Entries     []Entry   `json:"entries"`
 	// Inventory is a dry run's inventory and estimate.
 	Inventory *Inventory `json:"inventory,omitempty"`
+	// LifecyclePolicies is what an ECR to bucket run did with each
+	// repository's lifecycle policy.
+	LifecyclePolicies []PolicyCopy `json:"lifecyclePolicies,omitempty"`
 }
 
 // Failed reports whether any entry failed.

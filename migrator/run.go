@@ -146,6 +146,12 @@ func Migrate(ctx context.Context, src Catalog, dst Target, opts ...RunOption) (*
 			return e
 		})
 	}
+	// ECR repositories' lifecycle policies go with them into a bucket.
+	if ps, ok := src.(policySource); ok && !o.dryRun {
+		if sd, ok := dst.(*storeDest); ok {
+			rep.LifecyclePolicies = copyLifecycle(ctx, ps, sd.s, items, o.rename)
+		}
+	}
 	rep.finish()
 	if m.inv != nil {
 		rep.Inventory = m.inv.finish(ctx, rep, dst, &o)

@@ -122,6 +122,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(newIndexCmd(g))
 	root.AddCommand(newRmCmd(g))
 	root.AddCommand(newGcCmd(g))
+	root.AddCommand(newPruneCmd(g))
 	return root
 }
 

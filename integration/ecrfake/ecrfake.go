@@ -7,7 +7,8 @@
 // calls the migrator makes: DescribeRepositories and DescribeImages (paged,
 // from what the registry holds on disk, untagged manifests included, as ECR
 // lists them), GetAuthorizationToken (whose proxyEndpoint is the registry's
-// http:// address) and CreateRepository. Tokens expire on command.
+// http:// address), CreateRepository and GetLifecyclePolicy (policies set
+// with SetLifecyclePolicy). Tokens expire on command.
 package ecrfake
 
 import (
@@ -64,6 +65,7 @@ type Fake struct {
 	expires  time.Time
 	pushedAt map[string]time.Time
 	repos    map[string]Repository
+	policies map[string]string
 	calls    map[string]int
 }
 
@@ -162,6 +164,18 @@ func (f *Fake) SetPushedAt(repo, digest string, t time.Time) {
 	f.pushedAt[repo+"@"+digest] = t
 }
 
+// SetLifecyclePolicy gives repository repo the lifecycle policy text,
+// returned as is by GetLifecyclePolicy (ECR validates it on Put; tests
+// may want it not to).
+func (f *Fake) SetLifecyclePolicy(repo, text string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.policies == nil {
+		f.policies = map[string]string{}
+	}
+	f.policies[repo] = text
+}
+
 // Created returns what CreateRepository recorded for name.
 func (f *Fake) Created(name string) (Repository, bool) {
 	f.mu.Lock()
@@ -235,6 +249,8 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 		out, err = f.describeImages(body)
 	case "CreateRepository":
 		out, err = f.createRepository(body)
+	case "GetLifecyclePolicy":
+		out, err = f.getLifecyclePolicy(body)
 	default:
 		writeErr(w, http.StatusBadRequest, "UnknownOperationException", op+" is not faked")
 		return
@@ -414,4 +430,32 @@ func (f *Fake) repositories() ([]string, error) {
 	}
 	sort.Strings(names)
 	return names, err
+}
+
+func (f *Fake) getLifecyclePolicy(body []byte) (any, error) {
+	var in struct {
+		RepositoryName string `json:"repositoryName"`
+	}
+	if err := json.Unmarshal(body, &in); err != nil || in.RepositoryName == "" {
+		return nil, &apiError{"InvalidParameterException", "repositoryName is required"}
+	}
+	names, err := f.repositories()
+	if err != nil {
+		return nil, err
+	}
+	if i := sort.SearchStrings(names, in.RepositoryName); i == len(names) || names[i] != in.RepositoryName {
+		return nil, &apiError{"RepositoryNotFoundException", fmt.Sprintf("The repository with name '%s' does not exist in the registry with id '%s'", in.RepositoryName, f.Account)}
+	}
+	f.mu.Lock()
+	text, ok := f.policies[in.RepositoryName]
+	f.mu.Unlock()
+	if !ok {
+		return nil, &apiError{"LifecyclePolicyNotFoundException", fmt.Sprintf("Lifecycle policy does not exist for the repository with name '%s' in the registry with id '%s'", in.RepositoryName, f.Account)}
+	}
+	return map[string]any{
+		"registryId":          f.Account,
+		"repositoryName":      in.RepositoryName,
+		"lifecyclePolicyText": text,
+		"lastEvaluatedAt":     epoch(time.Unix(1700000000, 0)),
+	}, nil
 }
