@@ -5,14 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/containerd/log"
+
+	"github.com/s3snap/s3snap/internal/retry"
 )
 
 // getOptions apply to every GetObject the fetcher sends.
@@ -78,10 +78,7 @@ func (f *Fetcher) fetchRange(ctx context.Context, obj *Object, pin *etagPin, off
 			return fmt.Errorf("get %s range %d-%d: giving up after %d attempts: %w", obj, off, end, attempt, err)
 		}
 
-		delay := backoff(attempt, v == retrySlow, f.opts.backoffBase, f.opts.backoffMax, rand.Float64())
-		if ra, ok := retryAfter(err); ok {
-			delay = max(delay, min(ra, f.opts.backoffMax))
-		}
+		delay := f.opts.policy().Delay(attempt, v, retryHeader(err))
 		log.G(ctx).WithError(err).WithFields(log.Fields{
 			"object":  obj.String(),
 			"range":   strconv.FormatInt(off, 10) + "-" + strconv.FormatInt(end, 10),
@@ -91,12 +88,8 @@ func (f *Fetcher) fetchRange(ctx context.Context, obj *Object, pin *etagPin, off
 			"delay":   delay,
 		}).Debug("fetcher: retrying range")
 
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("get %s range %d-%d: %w", obj, off, end, context.Cause(ctx))
-		case <-t.C:
+		if err := retry.Sleep(ctx, delay); err != nil {
+			return fmt.Errorf("get %s range %d-%d: %w", obj, off, end, err)
 		}
 	}
 }
@@ -184,53 +177,16 @@ func checkResponse(out *s3.GetObjectOutput, size, off, end int64) error {
 		return fmt.Errorf("%w: content-length %d, asked %d", ErrBadRange, *out.ContentLength, want)
 	}
 	cr := aws.ToString(out.ContentRange)
-	if cr == "" {
+	if cr == "" && off == 0 && out.ContentLength != nil && (size < 0 || size == want) {
 		// A server that ignores Range answers 200 with the whole object;
 		// that is fine only if the whole object is what was asked.
-		if off == 0 && out.ContentLength != nil && (size < 0 || size == want) {
-			return nil
-		}
-		return fmt.Errorf("%w: no content-range in response to range %d-%d", ErrBadRange, off, end)
+		return nil
 	}
-	first, last, total, err := parseContentRange(cr)
-	if err != nil {
+	switch err := retry.CheckContentRange(cr, off, end, size); {
+	case errors.Is(err, retry.ErrSizeChanged):
+		return fmt.Errorf("%w: %w", ErrObjectChanged, err)
+	case err != nil:
 		return fmt.Errorf("%w: %w", ErrBadRange, err)
 	}
-	if first != off || last != end {
-		return fmt.Errorf("%w: content-range %q, asked %d-%d", ErrBadRange, cr, off, end)
-	}
-	if size >= 0 && total >= 0 && total != size {
-		return fmt.Errorf("%w: object is now %d bytes, expected %d", ErrObjectChanged, total, size)
-	}
 	return nil
-}
-
-// parseContentRange parses "bytes first-last/total"; total is -1 for "*".
-func parseContentRange(s string) (first, last, total int64, err error) {
-	bad := fmt.Errorf("malformed content-range %q", s)
-	rest, ok := strings.CutPrefix(s, "bytes ")
-	if !ok {
-		return 0, 0, 0, bad
-	}
-	rng, tot, ok := strings.Cut(rest, "/")
-	if !ok {
-		return 0, 0, 0, bad
-	}
-	a, b, ok := strings.Cut(rng, "-")
-	if !ok {
-		return 0, 0, 0, bad
-	}
-	if first, err = strconv.ParseInt(a, 10, 64); err != nil || first < 0 {
-		return 0, 0, 0, bad
-	}
-	if last, err = strconv.ParseInt(b, 10, 64); err != nil || last < first {
-		return 0, 0, 0, bad
-	}
-	if tot == "*" {
-		return first, last, -1, nil
-	}
-	if total, err = strconv.ParseInt(tot, 10, 64); err != nil || total <= last {
-		return 0, 0, 0, bad
-	}
-	return first, last, total, nil
 }

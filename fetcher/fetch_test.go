@@ -40,36 +40,6 @@ func TestPlan(t *testing.T) {
 	}
 }
 
-func TestParseContentRange(t *testing.T) {
-	for _, tc := range []struct {
-		in                 string
-		first, last, total int64
-		ok                 bool
-	}{
-		{"bytes 0-99/1000", 0, 99, 1000, true},
-		{"bytes 999-999/1000", 999, 999, 1000, true},
-		{"bytes 5-9/*", 5, 9, -1, true},
-		{"bytes 0-0/1", 0, 0, 1, true},
-		{"bytes 0-1000/1000", 0, 0, 0, false}, // last beyond total
-		{"bytes 9-5/10", 0, 0, 0, false},
-		{"bytes -5/10", 0, 0, 0, false},
-		{"bytes */1000", 0, 0, 0, false},
-		{"items 0-1/2", 0, 0, 0, false},
-		{"bytes 0-1", 0, 0, 0, false},
-		{"", 0, 0, 0, false},
-	} {
-		first, last, total, err := parseContentRange(tc.in)
-		if (err == nil) != tc.ok {
-			t.Errorf("parseContentRange(%q) error = %v, want ok=%v", tc.in, err, tc.ok)
-			continue
-		}
-		if tc.ok && (first != tc.first || last != tc.last || total != tc.total) {
-			t.Errorf("parseContentRange(%q) = %d, %d, %d; want %d, %d, %d",
-				tc.in, first, last, total, tc.first, tc.last, tc.total)
-		}
-	}
-}
-
 func TestCheckResponse(t *testing.T) {
 	out := func(length int64, cr string) *s3.GetObjectOutput {
 		o := &s3.GetObjectOutput{ContentLength: aws.Int64(length)}

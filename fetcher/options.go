@@ -1,6 +1,10 @@
 package fetcher
 
-import "time"
+import (
+	"time"
+
+	"github.com/s3snap/s3snap/internal/retry"
+)
 
 // Defaults, chosen with integration/bench against a local S3 server (see
 // BenchmarkFetcherTuning): past 8 MiB parts and 16 in flight the gain is
@@ -67,4 +71,9 @@ func WithBackoff(base, maxDelay time.Duration) Option {
 // (headers included) before it is abandoned and resumed. Zero disables it.
 func WithStallTimeout(d time.Duration) Option {
 	return func(o *options) { o.stallTimeout = d }
+}
+
+// policy is the shared retry policy with this fetcher's settings.
+func (o options) policy() retry.Policy {
+	return retry.Policy{Attempts: o.retries, Base: o.backoffBase, Max: o.backoffMax}
 }

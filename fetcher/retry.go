@@ -3,37 +3,25 @@ package fetcher
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
 	"net/http"
-	"strconv"
-	"syscall"
-	"time"
 
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
+
+	"github.com/s3snap/s3snap/internal/retry"
 )
 
-// verdict says whether a failed attempt is worth another one.
-type verdict int
+// verdict says whether a failed attempt is worth another one; the
+// classification of HTTP statuses and transport faults is the shared policy
+// in internal/retry, extended here with S3's error codes.
+type verdict = retry.Verdict
 
 const (
-	fatal     verdict = iota // give up now: retrying cannot help
-	retry                    // transient: retry after the normal backoff
-	retrySlow                // throttled: retry after a longer backoff
+	fatal     = retry.Fatal // give up now: retrying cannot help
+	retryable = retry.Retry // transient: retry after the normal backoff
+	retrySlow = retry.Slow  // throttled: retry after a longer backoff
 )
-
-func (v verdict) String() string {
-	switch v {
-	case retry:
-		return "retry"
-	case retrySlow:
-		return "retry-slow"
-	default:
-		return "fatal"
-	}
-}
 
 var (
 	// errStalled: the attempt received nothing for the stall timeout.
@@ -71,7 +59,7 @@ func classify(err error) verdict {
 	case err == nil:
 		return fatal
 	case errors.Is(err, errStalled), errors.Is(err, errBodyEnded):
-		return retry
+		return retryable
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return fatal
 	case errors.Is(err, ErrBadRange), errors.Is(err, ErrObjectChanged),
@@ -86,35 +74,19 @@ func classify(err error) verdict {
 			return retrySlow
 		}
 		if transientCodes[code] {
-			return retry
+			return retryable
 		}
 	}
 	if status, ok := httpStatus(err); ok {
-		switch status {
-		case http.StatusServiceUnavailable, http.StatusTooManyRequests:
-			return retrySlow
-		case http.StatusInternalServerError, http.StatusBadGateway,
-			http.StatusGatewayTimeout, http.StatusRequestTimeout:
-			return retry
-		}
-		// Any other status is an answer, not a transport failure: 403,
-		// 404, 412, 416 will not change on retry.
-		return fatal
+		// Any status but 408, 429 and 5xx is an answer, not a transport
+		// failure: 403, 404, 412, 416 will not change on retry.
+		return retry.Status(status)
 	}
 
 	// No HTTP response: the request or the body failed in transport.
 	var sendErr *smithyhttp.RequestSendError
-	if errors.As(err, &sendErr) {
-		return retry
-	}
-	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
-		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNABORTED) {
-		return retry
-	}
-	var netErr net.Error
-	if errors.As(err, &netErr) {
-		return retry
+	if errors.As(err, &sendErr) || retry.Transient(err) {
+		return retryable
 	}
 	return fatal
 }
@@ -190,42 +162,12 @@ func isPreconditionFailed(err error) bool {
 	return ok && status == http.StatusPreconditionFailed
 }
 
-// retryAfter returns the server's Retry-After, in seconds form, if it sent
-// one. S3 itself rarely does; proxies and S3-compatible servers may.
-func retryAfter(err error) (time.Duration, bool) {
+// retryHeader returns the headers of the response behind err,
+// if any, for their Retry-After: S3 itself rarely sends one; proxies and S3-compatible servers may.
+func retryHeader(err error) http.Header {
 	var re *smithyhttp.ResponseError
 	if !errors.As(err, &re) || re.Response == nil || re.Response.Response == nil {
-		return 0, false
+		return nil
 	}
-	v := re.Response.Header.Get("Retry-After")
-	if v == "" {
-		return 0, false
-	}
-	secs, perr := strconv.Atoi(v)
-	if perr != nil || secs < 0 {
-		return 0, false
-	}
-	return time.Duration(secs) * time.Second, true
-}
-
-// backoff returns the delay before retry number n (1 for the first retry):
-// exponential from base, four times longer when throttled, capped at maxDelay,
-// with "equal jitter" (half fixed, half random from r in [0,1)) so that many
-// ranges failing together do not come back together, yet none retries at once.
-func backoff(n int, slow bool, base, maxDelay time.Duration, r float64) time.Duration {
-	if n < 1 {
-		n = 1
-	}
-	d := base
-	if slow {
-		d *= 4
-	}
-	for i := 1; i < n && d < maxDelay; i++ {
-		d *= 2
-	}
-	if d > maxDelay {
-		d = maxDelay
-	}
-	half := d / 2
-	return half + time.Duration(r*float64(d-half))
+	return re.Response.Header
 }

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"syscall"
 	"testing"
-	"time"
 
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -48,11 +47,11 @@ func TestClassify(t *testing.T) {
 		{"slowdown", responseErr(503, "SlowDown", nil), retrySlow},
 		{"503 no code", responseErr(503, "", nil), retrySlow},
 		{"429", responseErr(429, "TooManyRequests", nil), retrySlow},
-		{"500", responseErr(500, "InternalError", nil), retry},
-		{"502", responseErr(502, "", nil), retry},
-		{"504", responseErr(504, "", nil), retry},
-		{"408", responseErr(408, "", nil), retry},
-		{"400 RequestTimeout", responseErr(400, "RequestTimeout", nil), retry},
+		{"500", responseErr(500, "InternalError", nil), retryable},
+		{"502", responseErr(502, "", nil), retryable},
+		{"504", responseErr(504, "", nil), retryable},
+		{"408", responseErr(408, "", nil), retryable},
+		{"400 RequestTimeout", responseErr(400, "RequestTimeout", nil), retryable},
 		{"403", responseErr(403, "AccessDenied", nil), fatal},
 		{"404", responseErr(404, "NoSuchKey", nil), fatal},
 		{"412", responseErr(412, "PreconditionFailed", nil), fatal},
@@ -61,13 +60,13 @@ func TestClassify(t *testing.T) {
 		{"send failed in response error", &smithy.OperationError{Err: &awshttp.ResponseError{ResponseError: &smithyhttp.ResponseError{
 			Response: &smithyhttp.Response{Response: &http.Response{StatusCode: 0}},
 			Err:      &smithyhttp.RequestSendError{Err: &net.OpError{Op: "read", Err: syscall.ECONNRESET}},
-		}}}, retry},
-		{"send reset", &smithy.OperationError{Err: &smithyhttp.RequestSendError{Err: syscall.ECONNRESET}}, retry},
-		{"send refused", &smithyhttp.RequestSendError{Err: &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}}, retry},
-		{"body reset", &net.OpError{Op: "read", Err: syscall.ECONNRESET}, retry},
-		{"unexpected eof", io.ErrUnexpectedEOF, retry},
-		{"body ended", fmt.Errorf("%w: %w", errBodyEnded, io.ErrUnexpectedEOF), retry},
-		{"stalled", fmt.Errorf("%w: %w", errStalled, context.Canceled), retry},
+		}}}, retryable},
+		{"send reset", &smithy.OperationError{Err: &smithyhttp.RequestSendError{Err: syscall.ECONNRESET}}, retryable},
+		{"send refused", &smithyhttp.RequestSendError{Err: &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}}, retryable},
+		{"body reset", &net.OpError{Op: "read", Err: syscall.ECONNRESET}, retryable},
+		{"unexpected eof", io.ErrUnexpectedEOF, retryable},
+		{"body ended", fmt.Errorf("%w: %w", errBodyEnded, io.ErrUnexpectedEOF), retryable},
+		{"stalled", fmt.Errorf("%w: %w", errStalled, context.Canceled), retryable},
 		{"canceled", context.Canceled, fatal},
 		{"deadline", fmt.Errorf("x: %w", context.DeadlineExceeded), fatal},
 		{"bad range", fmt.Errorf("%w: long", ErrBadRange), fatal},
@@ -108,64 +107,14 @@ func TestNotFoundAndPrecondition(t *testing.T) {
 	}
 }
 
-func TestRetryAfter(t *testing.T) {
-	for _, tc := range []struct {
-		header string
-		want   time.Duration
-		ok     bool
-	}{
-		{"", 0, false},
-		{"3", 3 * time.Second, true},
-		{"0", 0, true},
-		{"-1", 0, false},
-		{"Wed, 21 Oct 2015 07:28:00 GMT", 0, false},
-	} {
-		h := http.Header{}
-		if tc.header != "" {
-			h.Set("Retry-After", tc.header)
-		}
-		got, ok := retryAfter(responseErr(503, "SlowDown", h))
-		if got != tc.want || ok != tc.ok {
-			t.Errorf("retryAfter(%q) = %v, %v; want %v, %v", tc.header, got, ok, tc.want, tc.ok)
-		}
+func TestRetryHeader(t *testing.T) {
+	h := http.Header{}
+	h.Set("Retry-After", "3")
+	if got := retryHeader(responseErr(503, "SlowDown", h)).Get("Retry-After"); got != "3" {
+		t.Errorf("retryHeader of a 503 with Retry-After: 3 = %q", got)
 	}
-	if _, ok := retryAfter(io.ErrUnexpectedEOF); ok {
-		t.Error("retryAfter without a response reported one")
-	}
-}
-
-func TestBackoff(t *testing.T) {
-	const base, maxDelay = 100 * time.Millisecond, 2 * time.Second
-	for _, tc := range []struct {
-		n    int
-		slow bool
-		r    float64
-		want time.Duration
-	}{
-		{1, false, 0, 50 * time.Millisecond},
-		{1, false, 0.999999, 100 * time.Millisecond},
-		{2, false, 0, 100 * time.Millisecond},
-		{3, false, 0.5, 300 * time.Millisecond},
-		{5, false, 0, 800 * time.Millisecond}, // 1.6s, half fixed
-		{6, false, 0, time.Second},            // 3.2s capped to 2s, half fixed
-		{50, false, 0, time.Second},           // no overflow
-		{1, true, 0, 200 * time.Millisecond},
-		{2, true, 0, 400 * time.Millisecond},
-		{4, true, 0, time.Second},
-		{0, false, 0, 50 * time.Millisecond},
-	} {
-		got := backoff(tc.n, tc.slow, base, maxDelay, tc.r)
-		// Compare to the millisecond: jitter arithmetic rounds.
-		if got.Round(time.Millisecond) != tc.want {
-			t.Errorf("backoff(%d, slow=%v, r=%v) = %v, want %v", tc.n, tc.slow, tc.r, got, tc.want)
-		}
-	}
-	// Jitter stays within [d/2, d].
-	for i := 0; i < 1000; i++ {
-		r := float64(i) / 1000
-		if d := backoff(3, false, base, maxDelay, r); d < 200*time.Millisecond || d > 400*time.Millisecond {
-			t.Fatalf("backoff(3, r=%v) = %v, outside [200ms, 400ms]", r, d)
-		}
+	if got := retryHeader(io.ErrUnexpectedEOF); got != nil {
+		t.Errorf("retryHeader without a response = %v, want nil", got)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/s3snap/s3snap/internal/retry"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -199,7 +200,7 @@ func putBlob(ctx context.Context, src Source, dst Destination, repo string, b oc
 			return existed, err
 		}
 		log.G(ctx).WithError(err).WithField("blob", b.Digest).Warn("blob copy failed; trying again")
-		if err := sleep(ctx, DefaultRetry.backoff(i)); err != nil {
+		if err := retry.Sleep(ctx, DefaultRetry.Delay(i+1, retry.Retry, nil)); err != nil {
 			return false, err
 		}
 	}

@@ -27,6 +27,7 @@ type Registry struct {
 	auth     authn.Authenticator // nil: resolve with keychain
 	keychain authn.Keychain
 	rt       http.RoundTripper
+	policy   RetryPolicy
 	puller   *remote.Puller
 	pusher   *remote.Pusher
 
@@ -88,7 +89,7 @@ func NewRegistry(host string, opts ...RegistryOption) (*Registry, error) {
 	if _, err := name.NewRegistry(host); err != nil {
 		return nil, fmt.Errorf("registry %q: %w: %v", host, store.ErrInvalidName, err)
 	}
-	r := &Registry{host: host, insecure: o.insecure, auth: o.auth, keychain: o.keychain, trans: map[string]http.RoundTripper{}}
+	r := &Registry{host: host, insecure: o.insecure, auth: o.auth, keychain: o.keychain, policy: o.retry, trans: map[string]http.RoundTripper{}}
 	r.rt = &retryTransport{inner: o.base, policy: o.retry, refresh: o.refresher}
 	ropts := []remote.Option{
 		remote.WithTransport(r.rt),

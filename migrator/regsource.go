@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/s3snap/s3snap/internal/retry"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -94,7 +95,7 @@ func (r *Registry) openBlob(ctx context.Context, repo string, desc ocispec.Descr
 		return nil, err
 	}
 	u := url.URL{Scheme: rp.Scheme(), Host: rp.RegistryStr(), Path: fmt.Sprintf("/v2/%s/blobs/%s", rp.RepositoryStr(), desc.Digest)}
-	br := &blobReader{ctx: ctx, client: &http.Client{Transport: t}, url: u.String(), size: desc.Size, what: rp.String() + "@" + desc.Digest.String()}
+	br := &blobReader{ctx: ctx, client: &http.Client{Transport: t}, policy: r.policy, url: u.String(), size: desc.Size, what: rp.String() + "@" + desc.Digest.String()}
 	if err := br.open(); err != nil {
 		return nil, err
 	}
@@ -102,10 +103,13 @@ func (r *Registry) openBlob(ctx context.Context, repo string, desc ocispec.Descr
 }
 
 // blobReader reads a blob over HTTP, resuming with Range after a broken
-// connection (up to maxResumes times).
+// connection, as often and after the same waits as the registry's retry
+// policy allows for one request. A resumed answer must be exactly the rest
+// of the blob (a strict Content-Range check), or a whole blob to skip into.
 type blobReader struct {
 	ctx     context.Context
 	client  *http.Client
+	policy  retry.Policy
 	url     string
 	size    int64
 	what    string
@@ -113,8 +117,6 @@ type blobReader struct {
 	body    io.ReadCloser
 	resumes int
 }
-
-const maxResumes = 5
 
 func (b *blobReader) open() error {
 	req, err := http.NewRequestWithContext(b.ctx, http.MethodGet, b.url, nil)
@@ -129,7 +131,14 @@ func (b *blobReader) open() error {
 		return fmt.Errorf("get blob %s: %w", b.what, err)
 	}
 	switch {
-	case resp.StatusCode == http.StatusOK && b.off == 0, resp.StatusCode == http.StatusPartialContent && b.off > 0:
+	case resp.StatusCode == http.StatusOK && b.off == 0:
+		b.body = resp.Body
+		return nil
+	case resp.StatusCode == http.StatusPartialContent && b.off > 0:
+		if err := retry.CheckContentRange(resp.Header.Get("Content-Range"), b.off, -1, b.size); err != nil {
+			resp.Body.Close()
+			return fmt.Errorf("get blob %s from byte %d: %w", b.what, b.off, err)
+		}
 		b.body = resp.Body
 		return nil
 	case resp.StatusCode == http.StatusOK:
@@ -157,7 +166,7 @@ func (b *blobReader) Read(p []byte) (int, error) {
 			// Hand over what we have; the error comes back next Read.
 			return n, nil
 		}
-		if b.ctx.Err() != nil || b.resumes >= maxResumes || (err != io.EOF && !retryableErr(err)) {
+		if b.ctx.Err() != nil || b.resumes+1 >= b.policy.Tries() || (err != io.EOF && !retry.Transient(err)) {
 			if err == io.EOF {
 				err = fmt.Errorf("blob %s ended after %d of %d bytes: %w", b.what, b.off, b.size, store.ErrSizeMismatch)
 			}
@@ -165,7 +174,7 @@ func (b *blobReader) Read(p []byte) (int, error) {
 		}
 		b.resumes++
 		b.body.Close()
-		if serr := sleep(b.ctx, DefaultRetry.backoff(b.resumes)); serr != nil {
+		if serr := retry.Sleep(b.ctx, b.policy.Delay(b.resumes, retry.Retry, nil)); serr != nil {
 			return 0, serr
 		}
 		if oerr := b.open(); oerr != nil {

@@ -2,16 +2,13 @@ package migrator
 
 import (
 	"context"
-	"errors"
 	"io"
-	"math/rand/v2"
-	"net"
 	"net/http"
-	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/containerd/log"
+
+	"github.com/s3snap/s3snap/internal/retry"
 )
 
 // Refresher is a credential that can be renewed, such as an ECR token.
@@ -22,41 +19,16 @@ type Refresher interface {
 	Refresh(ctx context.Context, refused string) (string, error)
 }
 
-// RetryPolicy says how often and how long registry requests are retried.
-type RetryPolicy struct {
-	// Attempts is the most tries of one request (at least 1).
-	Attempts int
-	// Base is the first backoff; it doubles per attempt, with jitter, up
-	// to Max. A Retry-After header overrides it (capped at Max).
-	Base, Max time.Duration
-}
+// RetryPolicy says how often and how long registry requests are retried:
+// the shared policy of internal/retry.
+type RetryPolicy = retry.Policy
 
 // DefaultRetry retries a request up to 6 times over about a minute.
 var DefaultRetry = RetryPolicy{Attempts: 6, Base: 500 * time.Millisecond, Max: 30 * time.Second}
 
-func (p RetryPolicy) backoff(attempt int) time.Duration {
-	d := p.Base << min(attempt, 16)
-	if d > p.Max || d <= 0 {
-		d = p.Max
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-// sleep waits d or until ctx is done.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // retryTransport retries registry requests that failed for a reason worth
-// retrying: 429 (waiting as long as Retry-After says), 5xx, connection
-// resets; and, when the registry's credential expires (a 401 to a request
+// retrying under the shared policy (internal/retry): 429 (waiting as long as
+// Retry-After says, up to the cap), 5xx, connection resets; and, when the registry's credential expires (a 401 to a request
 // that carried one), renews it once and replays the request. Only requests
 // whose body can be replayed (none, or GetBody set) are retried.
 type retryTransport struct {
@@ -72,14 +44,14 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	cur := req
 	for attempt := 0; ; attempt++ {
 		resp, err := t.inner.RoundTrip(cur)
-		last := attempt+1 >= max(t.policy.Attempts, 1) || !replayable
+		last := attempt+1 >= t.policy.Tries() || !replayable
 		var wait time.Duration
 		switch {
 		case err != nil:
-			if last || !retryableErr(err) || ctx.Err() != nil {
+			if last || !retry.Transient(err) || ctx.Err() != nil {
 				return nil, err
 			}
-			wait = t.policy.backoff(attempt)
+			wait = t.policy.Delay(attempt+1, retry.Retry, nil)
 			log.G(ctx).WithError(err).WithField("url", redactURL(req)).Debug("registry request failed; retrying")
 		case resp.StatusCode == http.StatusUnauthorized && t.refresh != nil && cur.Header.Get("Authorization") != "" && !refreshed && replayable:
 			// The credential expired (or was revoked): renew and replay.
@@ -98,17 +70,14 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			next.Header.Set("Authorization", hdr)
 			cur = next
 			continue
-		case retryableStatus(resp.StatusCode) && !last:
-			wait = retryAfter(resp, t.policy.Max)
-			if wait < 0 {
-				wait = t.policy.backoff(attempt)
-			}
+		case retry.Status(resp.StatusCode) != retry.Fatal && !last:
+			wait = t.policy.Delay(attempt+1, retry.Status(resp.StatusCode), resp.Header)
 			log.G(ctx).WithFields(log.Fields{"url": redactURL(req), "status": resp.StatusCode, "wait": wait}).Info("registry busy; retrying")
 			discard(resp)
 		default:
 			return resp, err
 		}
-		if err := sleep(ctx, wait); err != nil {
+		if err := retry.Sleep(ctx, wait); err != nil {
 			return nil, err
 		}
 		next, rerr := replay(cur)
@@ -141,43 +110,4 @@ func redactURL(req *http.Request) string {
 	u := *req.URL
 	u.RawQuery = "" // presigned URLs carry credentials in the query
 	return u.String()
-}
-
-func retryableStatus(code int) bool {
-	switch code {
-	case http.StatusTooManyRequests, http.StatusRequestTimeout, http.StatusInternalServerError,
-		http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		return true
-	}
-	return false
-}
-
-// retryAfter returns the wait a Retry-After header asks for (seconds or an
-// HTTP date), capped at maxWait, or -1 without one.
-func retryAfter(resp *http.Response, maxWait time.Duration) time.Duration {
-	v := resp.Header.Get("Retry-After")
-	if v == "" {
-		return -1
-	}
-	var d time.Duration
-	if s, err := strconv.Atoi(v); err == nil {
-		d = time.Duration(s) * time.Second
-	} else if t, err := http.ParseTime(v); err == nil {
-		d = time.Until(t)
-	} else {
-		return -1
-	}
-	return min(max(d, 0), maxWait)
-}
-
-// retryableErr reports whether a transport error is a network fault worth
-// another try.
-func retryableErr(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false
-	}
-	var ne net.Error
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
-		errors.Is(err, syscall.EPIPE) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
-		errors.As(err, &ne)
 }
