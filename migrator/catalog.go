@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"regexp"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -131,3 +132,9 @@ type (
 	// Descriptor describes a manifest or blob.
 	Descriptor = ocispec.Descriptor
 )
+
+// isReferrerTag reports whether tag is a cosign or fallback referrers tag
+// (sha256-<hex>[.sig|.att|.sbom]): found as referrers, not listed as images.
+func isReferrerTag(tag string) bool {
+	return strings.HasPrefix(tag, "sha256-")
+}

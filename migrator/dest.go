@@ -57,13 +57,13 @@ func StoreDestination(s *store.Store) Target { return &storeDest{s: s} }
 
 type storeDest struct {
 	s      *store.Store
-	flight flight
+	flight Flight
 }
 
 func (d *storeDest) String() string { return d.s.URL() }
 
 func (d *storeDest) PutBlob(ctx context.Context, _ string, desc ocispec.Descriptor, open Opener) (bool, error) {
-	return d.flight.do(ctx, desc.Digest.String(), func() (bool, error) {
+	return d.flight.Do(ctx, desc.Digest.String(), func() (bool, error) {
 		info, err := d.s.StatBlob(ctx, desc.Digest)
 		switch {
 		case err == nil && info.Size == desc.Size:
@@ -114,7 +114,7 @@ func (d *storeDest) Check(ctx context.Context, repo string, dg digest.Digest, de
 	if !deep {
 		return nil
 	}
-	return walkManifests(ctx, dg, func(ctx context.Context, m digest.Digest) ([]byte, error) {
+	return WalkManifests(ctx, dg, func(ctx context.Context, m digest.Digest) ([]byte, error) {
 		sm, err := d.s.GetManifest(ctx, repo, m) // re-hashed by GetManifest
 		if err != nil {
 			return nil, err
@@ -126,13 +126,13 @@ func (d *storeDest) Check(ctx context.Context, repo string, dg digest.Digest, de
 			return err
 		}
 		defer rc.Close()
-		return drainVerify(rc, b)
+		return DrainVerify(rc, b)
 	})
 }
 
-// walkManifests reads manifest d and, below it, every child manifest, and
+// WalkManifests reads manifest d, checking its digest, and, below it, every child manifest, and
 // calls blob for each config and layer.
-func walkManifests(ctx context.Context, d digest.Digest, get func(context.Context, digest.Digest) ([]byte, error), blob func(context.Context, ocispec.Descriptor) error) error {
+func WalkManifests(ctx context.Context, d digest.Digest, get func(context.Context, digest.Digest) ([]byte, error), blob func(context.Context, ocispec.Descriptor) error) error {
 	raw, err := get(ctx, d)
 	if err != nil {
 		return fmt.Errorf("manifest %s: %w", d, err)
@@ -146,7 +146,7 @@ func walkManifests(ctx context.Context, d digest.Digest, get func(context.Contex
 	}
 	if m.IsIndex() {
 		for _, c := range m.Index.Manifests {
-			if err := walkManifests(ctx, c.Digest, get, blob); err != nil {
+			if err := WalkManifests(ctx, c.Digest, get, blob); err != nil {
 				return err
 			}
 		}
@@ -160,8 +160,9 @@ func walkManifests(ctx context.Context, d digest.Digest, get func(context.Contex
 	return nil
 }
 
-// drainVerify reads r to the end and checks it is desc's bytes.
-func drainVerify(r io.Reader, desc ocispec.Descriptor) error {
+// DrainVerify reads r to the end and checks it is desc's bytes (size and
+// digest). Destinations use it for a deep Check.
+func DrainVerify(r io.Reader, desc ocispec.Descriptor) error {
 	v := desc.Digest.Verifier()
 	n, err := io.Copy(v, r)
 	if err != nil {
@@ -176,11 +177,12 @@ func drainVerify(r io.Reader, desc ocispec.Descriptor) error {
 	return nil
 }
 
-// flight runs one upload per key at a time across a migration: when two
+// Flight runs one upload per key at a time across a migration: when two
 // images share a layer, the second waits for the first and then finds the
 // blob there (existed), so shared layers are uploaded once and counted as
-// deduplicated bytes for every other image.
-type flight struct {
+// deduplicated bytes for every other image. Destinations embed one; the
+// zero value is ready.
+type Flight struct {
 	mu sync.Mutex
 	m  map[string]*call
 }
@@ -190,7 +192,10 @@ type call struct {
 	err  error
 }
 
-func (f *flight) do(ctx context.Context, key string, fn func() (bool, error)) (bool, error) {
+// Do runs fn for key unless another call for key is running; then it waits
+// for that one and reports existed if it succeeded, or runs fn itself if it
+// failed.
+func (f *Flight) Do(ctx context.Context, key string, fn func() (bool, error)) (bool, error) {
 	for {
 		f.mu.Lock()
 		if f.m == nil {

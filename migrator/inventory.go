@@ -237,17 +237,19 @@ func configPlatform(ctx context.Context, src Source, desc Descriptor) (ocispec.P
 	return ocispec.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}, nil
 }
 
-// blobPresence is a Target that can say, writing nothing, whether it already
-// holds a blob, and which blobs it keeps once (equal keys).
-type blobPresence interface {
-	// blobPresent reports whether repo already has desc with its size.
-	blobPresent(ctx context.Context, repo string, desc Descriptor) (bool, error)
-	// blobKey names where desc is kept for repo: equal keys are stored
+// BlobPresence is a Target that can say, writing nothing, whether it already
+// holds a blob, and which blobs it keeps once (equal keys). The inventory
+// uses it to count what a migration would upload; a Target without it is
+// assumed to hold nothing.
+type BlobPresence interface {
+	// BlobPresent reports whether repo already has desc with its size.
+	BlobPresent(ctx context.Context, repo string, desc Descriptor) (bool, error)
+	// BlobKey names where desc is kept for repo: equal keys are stored
 	// once.
-	blobKey(repo string, desc Descriptor) string
+	BlobKey(repo string, desc Descriptor) string
 }
 
-func (d *storeDest) blobPresent(ctx context.Context, _ string, desc Descriptor) (bool, error) {
+func (d *storeDest) BlobPresent(ctx context.Context, _ string, desc Descriptor) (bool, error) {
 	info, err := d.s.StatBlob(ctx, desc.Digest)
 	if errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrNoSuchBucket) {
 		return false, nil
@@ -256,20 +258,7 @@ func (d *storeDest) blobPresent(ctx context.Context, _ string, desc Descriptor) 
 }
 
 // A bucket keeps every blob once, whatever the repository.
-func (d *storeDest) blobKey(_ string, desc Descriptor) string { return desc.Digest.String() }
-
-func (r *Registry) blobPresent(ctx context.Context, repo string, desc Descriptor) (bool, error) {
-	rp, err := r.repository(repo)
-	if err != nil {
-		return false, err
-	}
-	return r.hasBlob(ctx, rp, desc.Digest)
-}
-
-// A registry keeps blobs per repository (the copy does not mount across).
-func (r *Registry) blobKey(repo string, desc Descriptor) string {
-	return repo + "@" + desc.Digest.String()
-}
+func (d *storeDest) BlobKey(_ string, desc Descriptor) string { return desc.Digest.String() }
 
 // finish totals the inventory, asking dst (jobs at once) which blobs it
 // already has.
@@ -301,12 +290,12 @@ func (inv *inventory) finish(ctx context.Context, rep *Report, dst Target, o *ru
 		t.BytesListed += img.Size
 	}
 
-	bp, _ := dst.(blobPresence)
+	bp, _ := dst.(BlobPresence)
 	key := func(repo string, d Descriptor) string {
 		if bp == nil {
 			return d.Digest.String()
 		}
-		return bp.blobKey(repo, d)
+		return bp.BlobKey(repo, d)
 	}
 	type want struct {
 		repo string
@@ -343,7 +332,7 @@ func (inv *inventory) finish(ctx context.Context, rep *Report, dst Target, o *ru
 		for i, k := range order {
 			w := unique[k]
 			g.Go(func() error {
-				ok, err := bp.blobPresent(gctx, w.repo, w.desc)
+				ok, err := bp.BlobPresent(gctx, w.repo, w.desc)
 				present[i] = ok && err == nil
 				if err != nil {
 					mu.Lock()

@@ -180,15 +180,3 @@ func (t *rateTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	return t.inner.RoundTrip(req)
 }
-
-// WithRequestRate sends the registry's requests (token requests and
-// redirects to blob storage included, each to its own host's limit) through
-// r. It wraps the base transport set so far, so give it after
-// WithBaseTransport.
-func WithRequestRate(r *RequestRate) RegistryOption {
-	return func(o *registryOptions) {
-		if r != nil {
-			o.base = r.Transport(o.base)
-		}
-	}
-}

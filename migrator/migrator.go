@@ -1,9 +1,13 @@
-// Package migrator copies container images into a store: the sources images
-// come from (an OCI image layout directory for now; registries and ECR plug in
-// through the same Source interface), the copy plan (every manifest and blob a
-// tag reaches), and the streaming copy that writes them in the order that
-// keeps the bucket consistent: blobs first, then child manifests, then the
-// index, and the tag last.
+// Package migrator is the copy engine: the interfaces images are copied
+// through (Source, Catalog, Destination, Target), the copy plan (every
+// manifest and blob a tag reaches), the streaming copy that writes them in
+// the order that keeps the bucket consistent (blobs first, then child
+// manifests, then the index, and the tag last), migrate and verify over
+// whole catalogs, their report and inventory, and the bandwidth and
+// request-rate limits. A bucket is a source and destination here; the
+// registry and ECR client lives in migrator/registry and the OCI layout and
+// tarball readers in migrator/archive, which import this package and never
+// the other way round.
 package migrator
 
 import (
@@ -12,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -26,6 +31,10 @@ import (
 // what it described: a manifest whose bytes do not hash to its digest, or a
 // blob listed with two sizes.
 var ErrSource = errors.New("source content does not match its descriptor")
+
+// ErrUnauthorized is returned when a registry refuses the credentials; a
+// copy that failed with it is not tried again.
+var ErrUnauthorized = errors.New("unauthorized")
 
 // Source is where images are copied from. Implementations must be safe for
 // concurrent use: Copy reads several blobs at once.
@@ -192,6 +201,10 @@ func CopyTo(ctx context.Context, src Source, dst Destination, repo, tag string, 
 	return res, nil
 }
 
+// copyBackoff spaces a blob's copy attempts (WithAttempts says how many):
+// the registry client's default backoff, under the shared retry policy.
+var copyBackoff = retry.Policy{Base: 500 * time.Millisecond, Max: 30 * time.Second}
+
 // putBlob copies one blob, trying again after failures worth retrying.
 func putBlob(ctx context.Context, src Source, dst Destination, repo string, b ocispec.Descriptor, attempts int) (bool, error) {
 	for i := 0; ; i++ {
@@ -200,7 +213,7 @@ func putBlob(ctx context.Context, src Source, dst Destination, repo string, b oc
 			return existed, err
 		}
 		log.G(ctx).WithError(err).WithField("blob", b.Digest).Warn("blob copy failed; trying again")
-		if err := retry.Sleep(ctx, DefaultRetry.Delay(i+1, retry.Retry, nil)); err != nil {
+		if err := retry.Sleep(ctx, copyBackoff.Delay(i+1, retry.Retry, nil)); err != nil {
 			return false, err
 		}
 	}

@@ -17,13 +17,13 @@ import (
 // ErrNoPlatform is returned when a platform filter leaves an index empty.
 var ErrNoPlatform = errors.New("no manifest for the selected platforms")
 
-func isIndexType(mt string) bool {
+func IsIndexType(mt string) bool {
 	return mt == ocispec.MediaTypeImageIndex || mt == store.MediaTypeDockerManifestList
 }
 
-// indexChildren returns the child digests of an index (nil for anything
+// IndexChildren returns the child digests of an index (nil for anything
 // else).
-func indexChildren(raw []byte) []digest.Digest {
+func IndexChildren(raw []byte) []digest.Digest {
 	m, err := store.ParseManifest(raw)
 	if err != nil || !m.IsIndex() {
 		return nil

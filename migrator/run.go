@@ -147,7 +147,7 @@ func Migrate(ctx context.Context, src Catalog, dst Target, opts ...RunOption) (*
 		})
 	}
 	// ECR repositories' lifecycle policies go with them into a bucket.
-	if ps, ok := src.(policySource); ok && !o.dryRun {
+	if ps, ok := src.(PolicySource); ok && !o.dryRun {
 		if sd, ok := dst.(*storeDest); ok {
 			rep.LifecyclePolicies = copyLifecycle(ctx, ps, sd.s, items, o.rename)
 		}

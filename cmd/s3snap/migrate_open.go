@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/s3snap/s3snap/migrator"
+	"github.com/s3snap/s3snap/migrator/registry"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -137,8 +138,8 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 
 // parseLocation parses a SRC or DST argument; a malformed one is a usage
 // error.
-func parseLocation(arg string) (migrator.Location, error) {
-	l, err := migrator.ParseLocation(arg)
+func parseLocation(arg string) (registry.Location, error) {
+	l, err := registry.ParseLocation(arg)
 	return l, asUsage(err)
 }
 
@@ -156,45 +157,45 @@ func basicAuth(flag, creds string) (authn.Authenticator, error) {
 }
 
 // registry opens a docker:// registry with the given credentials.
-func (f *migrateFlags) registry(host, flag, creds string) (*migrator.Registry, error) {
+func (f *migrateFlags) registry(host, flag, creds string) (*registry.Registry, error) {
 	auth, err := basicAuth(flag, creds)
 	if err != nil {
 		return nil, err
 	}
-	opts := []migrator.RegistryOption{migrator.WithInsecure(f.insecure), migrator.WithRequestRate(f.reqRate)}
+	opts := []registry.RegistryOption{registry.WithInsecure(f.insecure), registry.WithRequestRate(f.reqRate)}
 	if auth != nil {
-		opts = append(opts, migrator.WithAuth(auth))
+		opts = append(opts, registry.WithAuth(auth))
 	}
-	return migrator.NewRegistry(host, opts...)
+	return registry.NewRegistry(host, opts...)
 }
 
 // ecr opens an ecr:// registry through its API.
-func (f *migrateFlags) ecr(ctx context.Context, g *globals, host, profile, role string, extra ...migrator.ECROption) (*migrator.ECR, error) {
-	_, region, err := migrator.ParseECRHost(host)
+func (f *migrateFlags) ecr(ctx context.Context, g *globals, host, profile, role string, extra ...registry.ECROption) (*registry.ECR, error) {
+	_, region, err := registry.ParseECRHost(host)
 	if err != nil {
 		return nil, asUsage(err)
 	}
 	if profile == "" {
 		profile = g.profile
 	}
-	api, err := migrator.NewECRClient(ctx, migrator.ECRConfig{Region: region, Profile: profile, RoleARN: role, Endpoint: f.ecrEndpoint})
+	api, err := registry.NewECRClient(ctx, registry.ECRConfig{Region: region, Profile: profile, RoleARN: role, Endpoint: f.ecrEndpoint})
 	if err != nil {
 		return nil, err
 	}
-	opts := append([]migrator.ECROption{migrator.WithECRRegistryOptions(migrator.WithInsecure(f.insecure), migrator.WithRequestRate(f.reqRate))}, extra...)
-	return migrator.NewECR(ctx, api, host, opts...)
+	opts := append([]registry.ECROption{registry.WithECRRegistryOptions(registry.WithInsecure(f.insecure), registry.WithRequestRate(f.reqRate))}, extra...)
+	return registry.NewECR(ctx, api, host, opts...)
 }
 
 // source opens SRC as a catalog.
-func (f *migrateFlags) source(ctx context.Context, g *globals, l migrator.Location) (migrator.Catalog, error) {
+func (f *migrateFlags) source(ctx context.Context, g *globals, l registry.Location) (migrator.Catalog, error) {
 	switch l.Scheme {
-	case migrator.SchemeECR:
+	case registry.SchemeECR:
 		e, err := f.ecr(ctx, g, l.Host, f.srcProfile, f.srcRoleARN)
 		if err != nil {
 			return nil, err
 		}
 		return e.Catalog(l.Repository, l.Ref()), nil
-	case migrator.SchemeDocker:
+	case registry.SchemeDocker:
 		if l.Repository == "" {
 			return nil, usagef("%s names no repository: a docker:// source is one repository (a whole registry can only be listed through ECR's API, ecr://)", l)
 		}
@@ -216,13 +217,13 @@ func (f *migrateFlags) source(ctx context.Context, g *globals, l migrator.Locati
 
 // target opens DST. The s3:// path is the store prefix; a registry path
 // renames (one source repository) or prefixes (many) the repositories.
-func (f *migrateFlags) target(ctx context.Context, g *globals, l, src migrator.Location) (migrator.Target, func(string) string, error) {
+func (f *migrateFlags) target(ctx context.Context, g *globals, l, src registry.Location) (migrator.Target, func(string) string, error) {
 	if l.Tag != "" || l.Digest != "" {
 		return nil, nil, usagef("destination %s: name a bucket (and prefix) or a registry (and repository), not a tag", l)
 	}
 	rename := func(s string) string { return s }
 	if l.Repository != "" {
-		single := src.Repository != "" || (src.Scheme == migrator.SchemeS3 && src.Tag != "")
+		single := src.Repository != "" || (src.Scheme == registry.SchemeS3 && src.Tag != "")
 		to := l.Repository
 		if single {
 			rename = func(string) string { return to }
@@ -231,17 +232,17 @@ func (f *migrateFlags) target(ctx context.Context, g *globals, l, src migrator.L
 		}
 	}
 	switch l.Scheme {
-	case migrator.SchemeECR:
-		var extra []migrator.ECROption
+	case registry.SchemeECR:
+		var extra []registry.ECROption
 		if f.ecrCreate {
-			extra = append(extra, migrator.WithCreate(migrator.CreateOptions{TagImmutable: f.ecrImmutable, ScanOnPush: f.ecrScanOnPush}))
+			extra = append(extra, registry.WithCreate(registry.CreateOptions{TagImmutable: f.ecrImmutable, ScanOnPush: f.ecrScanOnPush}))
 		}
 		e, err := f.ecr(ctx, g, l.Host, f.dstProfile, f.dstRoleARN, extra...)
 		if err != nil {
 			return nil, nil, err
 		}
 		return e.Target(), rename, nil
-	case migrator.SchemeDocker:
+	case registry.SchemeDocker:
 		r, err := f.registry(l.Host, f.creds.dst.from, f.creds.dst.creds)
 		if err != nil {
 			return nil, nil, err

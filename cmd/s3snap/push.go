@@ -7,6 +7,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/s3snap/s3snap/migrator"
+	"github.com/s3snap/s3snap/migrator/archive"
+	"github.com/s3snap/s3snap/migrator/registry"
 )
 
 const pushLong = `Push an image into a bucket (and, with --also, into registries too), from CI
@@ -120,7 +122,7 @@ func newPushCmd(g *globals) *cobra.Command {
 
 // alsoDest is one parsed --also.
 type alsoDest struct {
-	loc migrator.Location
+	loc registry.Location
 	tag string
 }
 
@@ -135,12 +137,12 @@ func parseAlso(values []string, tag string) ([]alsoDest, error) {
 	var out []alsoDest
 	seen := map[string]bool{}
 	for _, v := range values {
-		l, err := migrator.ParseLocation(v)
+		l, err := registry.ParseLocation(v)
 		if err != nil {
 			return nil, usagef("--also %s: %w", v, err)
 		}
 		switch {
-		case l.Scheme != migrator.SchemeDocker:
+		case l.Scheme != registry.SchemeDocker:
 			return nil, usagef("--also %s: want docker://HOST/REPO[:TAG] (ECR too: docker://ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO with a docker login or the ecr-login credential helper)", v)
 		case l.Repository == "":
 			return nil, usagef("--also %s names no repository: want docker://HOST/REPO[:TAG]", v)
@@ -161,15 +163,15 @@ func parseAlso(values []string, tag string) ([]alsoDest, error) {
 }
 
 // sourceKindName says what push read, for humans.
-func sourceKindName(k migrator.Kind) string {
+func sourceKindName(k archive.Kind) string {
 	switch k {
-	case migrator.KindLayoutDir:
+	case archive.KindLayoutDir:
 		return "OCI layout directory"
-	case migrator.KindOCIArchive:
+	case archive.KindOCIArchive:
 		return "OCI layout tar"
-	case migrator.KindDockerArchive:
+	case archive.KindDockerArchive:
 		return "docker save tar (legacy; layers gzip'd)"
-	case migrator.KindRegistry:
+	case archive.KindRegistry:
 		return "registry"
 	}
 	return strings.ToLower(k.String())
@@ -184,11 +186,11 @@ func usageIfScheme(src string, err error) error {
 }
 
 // check validates the flags that depend on SRC's kind.
-func (f *pushFlags) check(kind migrator.Kind) error {
-	if kind == migrator.KindRegistry && f.ref != "" {
+func (f *pushFlags) check(kind archive.Kind) error {
+	if kind == archive.KindRegistry && f.ref != "" {
 		return usagef("--ref selects an image in a layout or tar; a docker:// SRC names its own tag or digest")
 	}
-	if kind != migrator.KindRegistry && f.creds.src.explicit() {
+	if kind != archive.KindRegistry && f.creds.src.explicit() {
 		return usagef("--src-creds is for a docker:// SRC")
 	}
 	return nil

@@ -12,6 +12,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/s3snap/s3snap/migrator"
+	"github.com/s3snap/s3snap/migrator/archive"
+	"github.com/s3snap/s3snap/migrator/registry"
 )
 
 // pushDoc is push's JSON summary. The top level is the s3:// destination's
@@ -71,7 +73,7 @@ func runPush(cmd *cobra.Command, g *globals, f *pushFlags, srcArg, dstArg string
 			return err
 		}
 	}
-	kind, err := migrator.DetectKind(srcArg)
+	kind, err := archive.DetectKind(srcArg)
 	if err != nil {
 		return usageIfScheme(srcArg, err)
 	}
@@ -161,12 +163,12 @@ func runPush(cmd *cobra.Command, g *globals, f *pushFlags, srcArg, dstArg string
 }
 
 // openSource opens SRC of kind; close releases it.
-func (f *pushFlags) openSource(ctx context.Context, g *globals, kind migrator.Kind, srcArg string) (src migrator.Source, closeFn func(), err error) {
+func (f *pushFlags) openSource(ctx context.Context, g *globals, kind archive.Kind, srcArg string) (src migrator.Source, closeFn func(), err error) {
 	switch kind {
-	case migrator.KindLayoutDir:
-		l, err := migrator.OpenLayout(srcArg, f.ref)
+	case archive.KindLayoutDir:
+		l, err := archive.OpenLayout(srcArg, f.ref)
 		return l, func() {}, err
-	case migrator.KindRegistry:
+	case archive.KindRegistry:
 		l, err := parseLocation(srcArg)
 		if err != nil {
 			return nil, nil, err
@@ -184,10 +186,10 @@ func (f *pushFlags) openSource(ctx context.Context, g *globals, kind migrator.Ki
 		}
 		return r.Source(l.Repository, ref), func() {}, nil
 	}
-	if kind == migrator.KindDockerArchive {
+	if kind == archive.KindDockerArchive {
 		fmt.Fprintf(g.stderr, "compressing the layers of %s (a docker save tar without an OCI layout)\n", srcArg)
 	}
-	a, err := migrator.OpenArchive(ctx, srcArg, f.ref)
+	a, err := archive.OpenArchive(ctx, srcArg, f.ref)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -195,24 +197,24 @@ func (f *pushFlags) openSource(ctx context.Context, g *globals, kind migrator.Ki
 }
 
 // registry opens the registry at host with creds (flag names them).
-func (f *pushFlags) registry(host, flag, creds string) (*migrator.Registry, error) {
+func (f *pushFlags) registry(host, flag, creds string) (*registry.Registry, error) {
 	auth, err := basicAuth(flag, creds)
 	if err != nil {
 		return nil, err
 	}
-	opts := []migrator.RegistryOption{migrator.WithInsecure(f.insecure)}
+	opts := []registry.RegistryOption{registry.WithInsecure(f.insecure)}
 	if f.rr != nil {
-		opts = append(opts, migrator.WithRequestRate(f.rr))
+		opts = append(opts, registry.WithRequestRate(f.rr))
 	}
 	if auth != nil {
-		opts = append(opts, migrator.WithAuth(auth))
+		opts = append(opts, registry.WithAuth(auth))
 	}
-	return migrator.NewRegistry(host, opts...)
+	return registry.NewRegistry(host, opts...)
 }
 
 // pushAll copies plan into every target at once and returns one result
 // per target, in order.
-func pushAll(ctx context.Context, g *globals, f *pushFlags, src migrator.Source, plan *migrator.Plan, srcArg string, kind migrator.Kind, targets []pushTarget) []pushResult {
+func pushAll(ctx context.Context, g *globals, f *pushFlags, src migrator.Source, plan *migrator.Plan, srcArg string, kind archive.Kind, targets []pushTarget) []pushResult {
 	out := make([]pushResult, len(targets))
 	var mu sync.Mutex // one progress line at a time across destinations
 	var wg sync.WaitGroup

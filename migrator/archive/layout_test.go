@@ -1,4 +1,4 @@
-package migrator
+package archive
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/s3snap/s3snap/migrator"
 )
 
 func TestSelectRoot(t *testing.T) {
@@ -82,7 +84,7 @@ func TestOpenLayout(t *testing.T) {
 	if string(raw) != string(wantRaw) {
 		t.Errorf("manifest bytes differ from what was written")
 	}
-	plan, err := MakePlan(ctx, l)
+	plan, err := migrator.MakePlan(ctx, l)
 	if err != nil {
 		t.Fatal(err)
 	}

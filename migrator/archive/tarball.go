@@ -1,4 +1,4 @@
-package migrator
+package archive
 
 import (
 	"archive/tar"
@@ -74,7 +74,7 @@ const sourceHint = "want an OCI image layout directory, a tar of one (buildx --o
 // ErrArchive.
 func DetectKind(src string) (Kind, error) {
 	if scheme, _, ok := strings.Cut(src, "://"); ok {
-		if Scheme(scheme) == SchemeDocker {
+		if scheme == "docker" { // registry.SchemeDocker; the registry client reads it
 			return KindRegistry, nil
 		}
 		return KindUnknown, fmt.Errorf("%q: unknown scheme %q (%s): %w", src, scheme, sourceHint, ErrUnknownSource)

@@ -1,4 +1,4 @@
-package migrator
+package archive
 
 import (
 	"archive/tar"
@@ -21,6 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/s3snap/s3snap/migrator"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -225,7 +226,7 @@ func TestOCIArchive(t *testing.T) {
 		t.Errorf("kind %v", a.Kind())
 	}
 	want, _ := idx.Digest()
-	plan, err := MakePlan(ctx, a)
+	plan, err := migrator.MakePlan(ctx, a)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +238,7 @@ func TestOCIArchive(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := drainVerify(rc, b); err != nil {
+		if err := migrator.DrainVerify(rc, b); err != nil {
 			t.Errorf("blob %s: %v", b.Digest, err)
 		}
 	}
@@ -281,7 +282,7 @@ func TestDockerArchive(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		plan, err := MakePlan(ctx, a)
+		plan, err := migrator.MakePlan(ctx, a)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package migrator
+package registry
 
 import (
 	"context"
@@ -15,10 +15,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ecr/types"
 	"github.com/containerd/log"
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/opencontainers/go-digest"
 
-	"github.com/s3snap/s3snap/lifecycle"
-	"github.com/s3snap/s3snap/store"
+	"github.com/s3snap/s3snap/migrator"
 )
 
 // ECRAPI is the part of the ECR API the migrator calls.
@@ -157,16 +155,16 @@ func (a *ecrAuth) fetchLocked(ctx context.Context) (*ecrToken, error) {
 		return nil, fmt.Errorf("ecr GetAuthorizationToken: %w", err)
 	}
 	if len(out.AuthorizationData) == 0 {
-		return nil, fmt.Errorf("ecr GetAuthorizationToken: no authorization data: %w", ErrUnauthorized)
+		return nil, fmt.Errorf("ecr GetAuthorizationToken: no authorization data: %w", migrator.ErrUnauthorized)
 	}
 	ad := out.AuthorizationData[0]
 	raw, err := base64.StdEncoding.DecodeString(aws.ToString(ad.AuthorizationToken))
 	if err != nil {
-		return nil, fmt.Errorf("ecr GetAuthorizationToken: token is not base64: %w", ErrUnauthorized)
+		return nil, fmt.Errorf("ecr GetAuthorizationToken: token is not base64: %w", migrator.ErrUnauthorized)
 	}
 	user, pass, ok := strings.Cut(string(raw), ":")
 	if !ok {
-		return nil, fmt.Errorf("ecr GetAuthorizationToken: token is not user:password: %w", ErrUnauthorized)
+		return nil, fmt.Errorf("ecr GetAuthorizationToken: token is not user:password: %w", migrator.ErrUnauthorized)
 	}
 	t := &ecrToken{user: user, pass: pass, endpoint: aws.ToString(ad.ProxyEndpoint), fetched: time.Now()}
 	if ad.ExpiresAt != nil {
@@ -215,7 +213,7 @@ func (t *ecrToken) header() string {
 
 // Catalog returns the registry's images: with repo empty every repository,
 // else that one; with ref (a tag or digest) set, that one image.
-func (e *ECR) Catalog(repo, ref string) Catalog {
+func (e *ECR) Catalog(repo, ref string) migrator.Catalog {
 	return &ecrCatalog{e: e, repo: repo, ref: ref}
 }
 
@@ -227,15 +225,15 @@ type ecrCatalog struct {
 
 func (c *ecrCatalog) String() string { return refString(c.e.String(), c.repo, c.ref) }
 
-func (c *ecrCatalog) Open(_ context.Context, it Item) (Source, error) {
+func (c *ecrCatalog) Open(_ context.Context, it migrator.Item) (migrator.Source, error) {
 	return c.e.reg.Source(it.Repository, itemRef(it)), nil
 }
 
-func (c *ecrCatalog) Referrers(ctx context.Context, repo string, d Digest) ([]Item, error) {
+func (c *ecrCatalog) Referrers(ctx context.Context, repo string, d migrator.Digest) ([]migrator.Item, error) {
 	return c.e.reg.Referrers(ctx, repo, d)
 }
 
-func (c *ecrCatalog) List(ctx context.Context, f Filter) ([]Item, error) {
+func (c *ecrCatalog) List(ctx context.Context, f migrator.Filter) ([]migrator.Item, error) {
 	if c.repo != "" && c.ref != "" {
 		return (&registryCatalog{r: c.e.reg, repo: c.repo, ref: c.ref}).List(ctx, f)
 	}
@@ -243,7 +241,7 @@ func (c *ecrCatalog) List(ctx context.Context, f Filter) ([]Item, error) {
 	if c.repo != "" {
 		in.RepositoryNames = []string{c.repo}
 	}
-	var items []Item
+	var items []migrator.Item
 	p := ecr.NewDescribeRepositoriesPaginator(c.e.api, in)
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
@@ -268,9 +266,9 @@ func (c *ecrCatalog) List(ctx context.Context, f Filter) ([]Item, error) {
 // images lists one repository: an item per tag, and one per untagged image
 // that is not a child of one of the repository's indexes (those are copied
 // with their index).
-func (c *ecrCatalog) images(ctx context.Context, repo string, f Filter) ([]Item, error) {
-	var tagged, untagged []Item
-	var indexes []Digest
+func (c *ecrCatalog) images(ctx context.Context, repo string, f migrator.Filter) ([]migrator.Item, error) {
+	var tagged, untagged []migrator.Item
+	var indexes []migrator.Digest
 	p := ecr.NewDescribeImagesPaginator(c.e.api, &ecr.DescribeImagesInput{RegistryId: aws.String(c.e.account), RepositoryName: aws.String(repo)})
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
@@ -279,7 +277,7 @@ func (c *ecrCatalog) images(ctx context.Context, repo string, f Filter) ([]Item,
 		}
 		for _, d := range page.ImageDetails {
 			base := itemOf(repo, d)
-			if isIndexType(base.MediaType) {
+			if migrator.IsIndexType(base.MediaType) {
 				indexes = append(indexes, base.Digest)
 			}
 			if len(d.ImageTags) == 0 {
@@ -293,19 +291,19 @@ func (c *ecrCatalog) images(ctx context.Context, repo string, f Filter) ([]Item,
 			}
 		}
 	}
-	children := map[Digest]bool{}
+	children := map[migrator.Digest]bool{}
 	if len(untagged) > 0 {
 		for _, d := range indexes {
 			raw, err := c.e.reg.Source(repo, d.String()).Manifest(ctx, d)
 			if err != nil {
 				return nil, fmt.Errorf("read index %s of %s: %w", d, repo, err)
 			}
-			for _, ch := range indexChildren(raw) {
+			for _, ch := range migrator.IndexChildren(raw) {
 				children[ch] = true
 			}
 		}
 	}
-	var out []Item
+	var out []migrator.Item
 	for _, it := range append(tagged, untagged...) {
 		if it.Tag == "" && children[it.Digest] {
 			continue
@@ -317,24 +315,11 @@ func (c *ecrCatalog) images(ctx context.Context, repo string, f Filter) ([]Item,
 	return out, nil
 }
 
-// PolicyCopy is what a migration from ECR into a bucket did with one
-// repository's lifecycle policy.
-type PolicyCopy struct {
-	Repository            string `json:"repository"`
-	DestinationRepository string `json:"destinationRepository,omitempty"`
-	// Status is "copied", "none" (the repository has no policy) or
-	// "failed".
-	Status string `json:"status"`
-	Reason string `json:"reason,omitempty"`
-}
+var _ migrator.PolicySource = (*ecrCatalog)(nil)
 
-// policySource is a catalog whose repositories carry lifecycle policies.
-type policySource interface {
-	// lifecyclePolicy returns repo's policy text, or nil when it has none.
-	lifecyclePolicy(ctx context.Context, repo string) ([]byte, error)
-}
-
-func (c *ecrCatalog) lifecyclePolicy(ctx context.Context, repo string) ([]byte, error) {
+// LifecyclePolicy returns repo's lifecycle policy text, or nil when it has
+// none: ECR catalogs are a migrator.PolicySource.
+func (c *ecrCatalog) LifecyclePolicy(ctx context.Context, repo string) ([]byte, error) {
 	out, err := c.e.api.GetLifecyclePolicy(ctx, &ecr.GetLifecyclePolicyInput{RegistryId: aws.String(c.e.account), RepositoryName: aws.String(repo)})
 	var none *types.LifecyclePolicyNotFoundException
 	if errors.As(err, &none) {
@@ -346,51 +331,8 @@ func (c *ecrCatalog) lifecyclePolicy(ctx context.Context, repo string) ([]byte, 
 	return []byte(aws.ToString(out.LifecyclePolicyText)), nil
 }
 
-// copyLifecycle copies the lifecycle policy of every repository items came
-// from into st (lifecycle.PolicyName of the destination repository), where
-// s3snap prune finds it, with the push times the source gave (a copy's own
-// time is the migration's). A failure is reported, and does not fail the
-// images.
-func copyLifecycle(ctx context.Context, src policySource, st *store.Store, items []Item, rename func(string) string) []PolicyCopy {
-	var out []PolicyCopy
-	pushed := map[string]map[digest.Digest]time.Time{}
-	var repos []string
-	for _, it := range items {
-		if pushed[it.Repository] == nil {
-			pushed[it.Repository] = map[digest.Digest]time.Time{}
-			repos = append(repos, it.Repository)
-		}
-		if it.Digest != "" && !it.PushedAt.IsZero() {
-			pushed[it.Repository][it.Digest] = it.PushedAt
-		}
-	}
-	for _, repo := range repos {
-		pc := PolicyCopy{Repository: repo, Status: "copied"}
-		dst := rename(repo)
-		if dst != repo {
-			pc.DestinationRepository = dst
-		}
-		text, err := src.lifecyclePolicy(ctx, repo)
-		switch {
-		case err == nil && text == nil:
-			pc.Status = "none"
-		case err == nil:
-			err = lifecycle.SavePolicy(ctx, st, dst, text)
-		}
-		if err == nil && len(pushed[repo]) > 0 {
-			err = lifecycle.RecordPushed(ctx, st, dst, pushed[repo])
-		}
-		if err != nil {
-			pc.Status, pc.Reason = "failed", err.Error()
-			log.G(ctx).WithError(err).WithField("repository", repo).Warn("lifecycle policy not copied")
-		}
-		out = append(out, pc)
-	}
-	return out
-}
-
-func itemOf(repo string, d types.ImageDetail) Item {
-	it := Item{Repository: repo, Digest: Digest(aws.ToString(d.ImageDigest)), MediaType: aws.ToString(d.ImageManifestMediaType), Size: aws.ToInt64(d.ImageSizeInBytes)}
+func itemOf(repo string, d types.ImageDetail) migrator.Item {
+	it := migrator.Item{Repository: repo, Digest: migrator.Digest(aws.ToString(d.ImageDigest)), MediaType: aws.ToString(d.ImageManifestMediaType), Size: aws.ToInt64(d.ImageSizeInBytes)}
 	if d.ImagePushedAt != nil {
 		it.PushedAt = *d.ImagePushedAt
 	}
@@ -399,7 +341,7 @@ func itemOf(repo string, d types.ImageDetail) Item {
 
 // Target returns the registry as a migration destination, creating
 // repositories first when WithCreate was given.
-func (e *ECR) Target() Target { return &ecrTarget{Registry: e.reg, e: e} }
+func (e *ECR) Target() migrator.Target { return &ecrTarget{Registry: e.reg, e: e} }
 
 type ecrTarget struct {
 	*Registry
@@ -438,14 +380,14 @@ func (t *ecrTarget) ensure(ctx context.Context, repo string) error {
 	return nil
 }
 
-func (t *ecrTarget) PutBlob(ctx context.Context, repo string, desc Descriptor, open Opener) (bool, error) {
+func (t *ecrTarget) PutBlob(ctx context.Context, repo string, desc migrator.Descriptor, open migrator.Opener) (bool, error) {
 	if err := t.ensure(ctx, repo); err != nil {
 		return false, err
 	}
 	return t.Registry.PutBlob(ctx, repo, desc, open)
 }
 
-func (t *ecrTarget) PutManifest(ctx context.Context, repo string, desc Descriptor, raw []byte) error {
+func (t *ecrTarget) PutManifest(ctx context.Context, repo string, desc migrator.Descriptor, raw []byte) error {
 	if err := t.ensure(ctx, repo); err != nil {
 		return err
 	}

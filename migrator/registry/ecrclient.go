@@ -1,4 +1,4 @@
-package migrator
+package registry
 
 import (
 	"context"

@@ -1,12 +1,13 @@
-package migrator
+package registry
 
 import (
 	"context"
-	"strings"
 
 	"github.com/containerd/log"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/s3snap/s3snap/migrator"
 )
 
 // cosignSuffixes are the tag suffixes cosign stores signatures,
@@ -32,14 +33,14 @@ func CosignTags(tags []string, d digest.Digest) []string {
 
 // Referrers returns what refers to manifest d of repo: cosign's tags and
 // the manifests the OCI referrers API (or its tag fallback) lists.
-func (r *Registry) Referrers(ctx context.Context, repo string, d digest.Digest) ([]Item, error) {
+func (r *Registry) Referrers(ctx context.Context, repo string, d digest.Digest) ([]migrator.Item, error) {
 	tags, err := r.Tags(ctx, repo)
 	if err != nil {
 		return nil, err
 	}
-	var items []Item
+	var items []migrator.Item
 	for _, t := range CosignTags(tags, d) {
-		items = append(items, Item{Repository: repo, Tag: t})
+		items = append(items, migrator.Item{Repository: repo, Tag: t})
 	}
 	rp, err := r.repository(repo)
 	if err != nil {
@@ -56,12 +57,7 @@ func (r *Registry) Referrers(ctx context.Context, repo string, d digest.Digest) 
 		return items, nil
 	}
 	for _, m := range im.Manifests {
-		items = append(items, Item{Repository: repo, Digest: digest.Digest(m.Digest.String()), MediaType: string(m.MediaType)})
+		items = append(items, migrator.Item{Repository: repo, Digest: digest.Digest(m.Digest.String()), MediaType: string(m.MediaType)})
 	}
 	return items, nil
-}
-
-// isReferrerTag reports whether tag is a cosign or fallback referrers tag.
-func isReferrerTag(tag string) bool {
-	return strings.HasPrefix(tag, "sha256-")
 }

@@ -1,4 +1,4 @@
-package migrator
+package registry
 
 import (
 	"context"
@@ -14,18 +14,19 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/s3snap/s3snap/migrator"
 	"github.com/s3snap/s3snap/store"
 )
 
 // Registry is also a migration Target: registry to registry copies keep
 // every manifest byte for byte, so digests are preserved.
-var _ Target = (*Registry)(nil)
+var _ migrator.Target = (*Registry)(nil)
 
 // PutBlob uploads the blob unless repo already has it. The registry itself
 // verifies the digest when the upload is committed; the stream is verified on
 // the way too, so a bad source is named as such.
-func (r *Registry) PutBlob(ctx context.Context, repo string, desc ocispec.Descriptor, open Opener) (bool, error) {
-	return r.flight.do(ctx, repo+"@"+desc.Digest.String(), func() (bool, error) {
+func (r *Registry) PutBlob(ctx context.Context, repo string, desc ocispec.Descriptor, open migrator.Opener) (bool, error) {
+	return r.flight.Do(ctx, repo+"@"+desc.Digest.String(), func() (bool, error) {
 		rp, err := r.repository(repo)
 		if err != nil {
 			return false, err
@@ -129,14 +130,14 @@ func (r *Registry) Check(ctx context.Context, repo string, d digest.Digest, deep
 		return err
 	}
 	src := r.Source(repo, d.String())
-	return walkManifests(ctx, d, src.Manifest, func(ctx context.Context, b ocispec.Descriptor) error {
+	return migrator.WalkManifests(ctx, d, src.Manifest, func(ctx context.Context, b ocispec.Descriptor) error {
 		if deep {
 			rc, err := r.openBlob(ctx, repo, b)
 			if err != nil {
 				return err
 			}
 			defer rc.Close()
-			return drainVerify(rc, b)
+			return migrator.DrainVerify(rc, b)
 		}
 		ok, err := r.hasBlob(ctx, rp, b.Digest)
 		if err == nil && !ok {
@@ -161,7 +162,7 @@ func (m rawManifest) MediaType() (types.MediaType, error) { return types.MediaTy
 type streamLayer struct {
 	ctx  context.Context
 	desc ocispec.Descriptor
-	open Opener
+	open migrator.Opener
 	err  error // the source's or verification's error, if any
 }
 

@@ -1,4 +1,4 @@
-package migrator
+package registry
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
+	"github.com/s3snap/s3snap/migrator"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -34,7 +35,7 @@ type Registry struct {
 	mu    sync.Mutex
 	trans map[string]http.RoundTripper // authenticated, per repository and scope
 
-	flight flight
+	flight migrator.Flight
 }
 
 type registryOptions struct {
@@ -82,7 +83,7 @@ func WithBaseTransport(rt http.RoundTripper) RegistryOption {
 // NewRegistry returns a client for the registry at host ("host[:port]"). It
 // makes no request.
 func NewRegistry(host string, opts ...RegistryOption) (*Registry, error) {
-	o := registryOptions{retry: DefaultRetry, keychain: authn.DefaultKeychain, base: http.DefaultTransport, jobs: DefaultJobs}
+	o := registryOptions{retry: DefaultRetry, keychain: authn.DefaultKeychain, base: http.DefaultTransport, jobs: migrator.DefaultJobs}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -167,9 +168,6 @@ func (r *Registry) transport(ctx context.Context, rp name.Repository, scope stri
 	return t, nil
 }
 
-// ErrUnauthorized is returned when the registry refuses the credentials.
-var ErrUnauthorized = errors.New("unauthorized")
-
 // classify maps registry HTTP errors onto the store's sentinel errors.
 func classify(err error) error {
 	var te *transport.Error
@@ -178,7 +176,7 @@ func classify(err error) error {
 		case http.StatusNotFound:
 			return fmt.Errorf("%w: %v", store.ErrNotFound, err)
 		case http.StatusUnauthorized, http.StatusForbidden:
-			return fmt.Errorf("%w: %v", ErrUnauthorized, err)
+			return fmt.Errorf("%w: %v", migrator.ErrUnauthorized, err)
 		}
 	}
 	return err

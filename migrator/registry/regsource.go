@@ -1,4 +1,4 @@
-package migrator
+package registry
 
 import (
 	"context"
@@ -14,12 +14,13 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/s3snap/s3snap/internal/retry"
+	"github.com/s3snap/s3snap/migrator"
 	"github.com/s3snap/s3snap/store"
 )
 
 // Source returns repo's manifest ref (a tag, or a digest "sha256:...") as a
 // copy Source. Manifests are read once and kept; blobs are streamed.
-func (r *Registry) Source(repo, ref string) Source {
+func (r *Registry) Source(repo, ref string) migrator.Source {
 	return &registrySource{r: r, repo: repo, ref: ref, raw: map[digest.Digest][]byte{}}
 }
 
