@@ -78,8 +78,8 @@ func classify(err error) verdict {
 		}
 	}
 	if status, ok := httpStatus(err); ok {
-		// Any status but 408, 429 and 5xx is an answer, not a transport
-		// failure: 403, 404, 412, 416 will not change on retry.
+		// Any status but 408, 429, 500, 502, 503 and 504 is an answer, not
+		// a transport failure: 403, 404, 412, 416 will not change on retry.
 		return retry.Status(status)
 	}
 
@@ -162,8 +162,9 @@ func isPreconditionFailed(err error) bool {
 	return ok && status == http.StatusPreconditionFailed
 }
 
-// retryHeader returns the headers of the response behind err,
-// if any, for their Retry-After: S3 itself rarely sends one; proxies and S3-compatible servers may.
+// retryHeader returns the headers of the response behind err, if any, for
+// their Retry-After: S3 itself rarely sends one; proxies and S3-compatible
+// servers may.
 func retryHeader(err error) http.Header {
 	var re *smithyhttp.ResponseError
 	if !errors.As(err, &re) || re.Response == nil || re.Response.Response == nil {
