@@ -27,9 +27,10 @@ type RetryPolicy = retry.Policy
 var DefaultRetry = RetryPolicy{Attempts: 6, Base: 500 * time.Millisecond, Max: 30 * time.Second}
 
 // retryTransport retries registry requests that failed for a reason worth
-// retrying under the shared policy (internal/retry): 429 (waiting as long as
-// Retry-After says, up to the cap), 5xx, connection resets; and, when the registry's credential expires (a 401 to a request
-// that carried one), renews it once and replays the request. Only requests
+// retrying under the shared policy (internal/retry): 429 (waiting at least
+// as long as Retry-After says, up to the cap), 5xx, connection resets; and,
+// when the registry's credential expires (a 401 to a request that carried
+// one), renews it once and replays the request. Only requests
 // whose body can be replayed (none, or GetBody set) are retried.
 type retryTransport struct {
 	inner   http.RoundTripper
