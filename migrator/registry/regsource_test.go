@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -53,7 +51,7 @@ func TestBlobReaderResume(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if n.Add(1) == 1 {
 					// Promise the whole blob, send half, drop the connection.
-					w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+					w.Header().Set("Content-Length", fmt.Sprint(len(blob)))
 					w.Write(blob[:half])
 					w.(http.Flusher).Flush()
 					c, _, _ := http.NewResponseController(w).Hijack()
@@ -70,8 +68,10 @@ func TestBlobReaderResume(t *testing.T) {
 			if err := br.open(); err != nil {
 				t.Fatal(err)
 			}
-			got, err := io.ReadAll(br)
+			var buf bytes.Buffer
+			_, err := buf.ReadFrom(br)
 			br.Close()
+			got := buf.Bytes()
 			if tc.want == nil {
 				if err != nil || !bytes.Equal(got, blob) {
 					t.Fatalf("read %d of %d bytes, err %v; want the whole blob", len(got), len(blob), err)
