@@ -12,7 +12,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 	"github.com/s3snap/s3snap/systemd"
 )
 
@@ -54,7 +54,7 @@ func (r *Report) Failed() int {
 
 // Options say where things are on the node.
 type Options struct {
-	AgentConfig       string // default agent.DefaultConfigPath
+	AgentConfig       string // default agentconfig.DefaultConfigPath
 	ContainerdConfig  string // default systemd.ContainerdCfg
 	ContainerdAddress string // default /run/containerd/containerd.sock
 	// Timeout bounds each network check (default 10s).
@@ -68,7 +68,7 @@ const DefaultContainerdAddress = "/run/containerd/containerd.sock"
 type run struct {
 	o      Options
 	report *Report
-	cfg    *agent.Config
+	cfg    *agentconfig.Config
 	ctr    *containerdConfig
 }
 
@@ -92,7 +92,7 @@ func (r *run) ctx(parent context.Context) (context.Context, context.CancelFunc) 
 // first failure, so one run names every broken piece.
 func Run(ctx context.Context, o Options) *Report {
 	if o.AgentConfig == "" {
-		o.AgentConfig = agent.DefaultConfigPath
+		o.AgentConfig = agentconfig.DefaultConfigPath
 	}
 	if o.ContainerdConfig == "" {
 		o.ContainerdConfig = systemd.ContainerdCfg
@@ -118,7 +118,7 @@ func Run(ctx context.Context, o Options) *Report {
 
 func (r *run) agentConfig() {
 	const name = "agent config"
-	cfg, err := agent.Load(r.o.AgentConfig)
+	cfg, err := agentconfig.Load(r.o.AgentConfig)
 	if err != nil {
 		r.add(Check{Name: name, Status: Fail, Detail: err.Error(),
 			Fix: "write it with `s3snap install --bucket BUCKET --registry HOST`, or fix the error above"})
