@@ -42,8 +42,10 @@ type Object struct {
 func (o Object) String() string { return "s3://" + o.Bucket + "/" + o.Key }
 
 var (
-	// ErrNotFound: the bucket or key does not exist (404, NoSuchKey, NotFound).
-	ErrNotFound = errors.New("object not found")
+	// ErrNotFound: the bucket or key does not exist (404, NoSuchKey,
+	// NotFound). It is s3snap's one "not found": the store, lazy and the
+	// migrator return it (or wrap it) for whatever they cannot find.
+	ErrNotFound = errors.New("not found")
 	// ErrDigestMismatch: the bytes read do not hash to Object.Digest.
 	ErrDigestMismatch = errors.New("digest mismatch")
 	// ErrShortRead: a range kept ending before its last byte until the

@@ -38,6 +38,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/s3snap/s3snap/store"
 )
 
 // Version is the index format version, part of the object keys.
@@ -56,7 +58,7 @@ const (
 
 var (
 	// ErrNoIndex means the store holds no (complete) index for a layer.
-	ErrNoIndex = errors.New("no lazy index")
+	ErrNoIndex = fmt.Errorf("no lazy index: %w", store.ErrNotFound)
 	// ErrInvalidIndex means a TOC is malformed or does not describe what
 	// it claims: unknown types, entries escaping the root, chunks that do
 	// not add up.

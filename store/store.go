@@ -28,8 +28,9 @@ import (
 
 var (
 	// ErrNotFound is returned when a blob, manifest, tag or repository is
-	// not in the store.
-	ErrNotFound = errors.New("not found")
+	// not in the store. It is the fetcher's own sentinel: one "not found"
+	// from the S3 object up to the migrator.
+	ErrNotFound = fetcher.ErrNotFound
 	// ErrDigestMismatch is returned when content does not hash to the digest
 	// it was stored or asked for under. It is the fetcher's own sentinel, so
 	// a mismatch found while reading is the same error as one found here.

@@ -65,10 +65,10 @@ func (s AgentSettings) render() string {
 func agentConfig(t *tree, o Options) (agentconfig.Config, string, error) {
 	if o.Agent != nil {
 		if o.Agent.Bucket == "" {
-			return agentconfig.Config{}, "", fmt.Errorf("%w: no bucket: --bucket is required", ErrInvalid)
+			return agentconfig.Config{}, "", fmt.Errorf("%w: no bucket", ErrInvalid)
 		}
 		if len(o.Agent.Registries) == 0 {
-			return agentconfig.Config{}, "", fmt.Errorf("%w: no registry host: give --registry HOST at least once", ErrInvalid)
+			return agentconfig.Config{}, "", fmt.Errorf("%w: no registry host", ErrInvalid)
 		}
 		text := o.Agent.render()
 		cfg, err := agentconfig.Parse([]byte(text))
@@ -79,7 +79,7 @@ func agentConfig(t *tree, o Options) (agentconfig.Config, string, error) {
 	}
 	b, err := t.read(o.AgentConfigPath)
 	if errors.Is(err, fs.ErrNotExist) {
-		return agentconfig.Config{}, "", fmt.Errorf("%w: no agent config at %s: give --bucket and --registry", ErrInvalid, o.AgentConfigPath)
+		return agentconfig.Config{}, "", fmt.Errorf("%w at %s", ErrNoAgentConfig, o.AgentConfigPath)
 	}
 	if err != nil {
 		return agentconfig.Config{}, "", err

@@ -65,7 +65,7 @@ func mergeContainerd(cur []byte, o mergeOptions) (*merged, error) {
 		return nil, fmt.Errorf("%w: config version %d needs containerd 2.x, but containerd %s is installed", ErrInvalid, ver, o.ctrVersion)
 	}
 	if o.ctrVersion == "" {
-		res.warnings = append(res.warnings, fmt.Sprintf("containerd version unknown (no binary found in the root): config version %d kept; pass --containerd-version if containerd is 2.1 or newer", ver))
+		res.warnings = append(res.warnings, fmt.Sprintf("containerd version unknown (no binary found in the root): config version %d kept; give the version if containerd is 2.1 or newer", ver))
 	}
 	// The transfer service unpacks `ctr pull` (and, from 2.1, CRI) pulls.
 	transfer := ver >= 3 || major > 2 || major == 2 && minor >= 1
@@ -266,7 +266,7 @@ func splitVersion(v string) (int, int) {
 func containerdVersion(ctx context.Context, o Options) (string, error) {
 	if o.ContainerdVersion != "" {
 		if major, _ := splitVersion(o.ContainerdVersion); major < 1 {
-			return "", fmt.Errorf("%w: --containerd-version %q: want MAJOR.MINOR, like 1.7 or 2.1", ErrInvalid, o.ContainerdVersion)
+			return "", fmt.Errorf("%w: containerd version %q: want MAJOR.MINOR, like 1.7 or 2.1", ErrInvalid, o.ContainerdVersion)
 		}
 		return strings.TrimPrefix(o.ContainerdVersion, "v"), nil
 	}

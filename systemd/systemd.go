@@ -104,6 +104,10 @@ func (r *Result) Changed() bool {
 // ErrInvalid is wrapped by errors about the options or the files found.
 var ErrInvalid = errors.New("invalid install")
 
+// ErrNoAgentConfig is returned when no agent settings are given and none
+// are installed yet.
+var ErrNoAgentConfig = fmt.Errorf("%w: no agent settings given and no agent config", ErrInvalid)
+
 func (o *Options) defaults() error {
 	if o.Root == "" {
 		o.Root = "/"

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -108,6 +109,9 @@ func newInstallCmd(g *globals) *cobra.Command {
 				run = systemd.Uninstall
 			}
 			res, err := run(cmd.Context(), o)
+			if errors.Is(err, systemd.ErrNoAgentConfig) {
+				return usagef("%w: give --bucket and --registry", err)
+			}
 			if err != nil {
 				return err
 			}
@@ -127,6 +131,9 @@ func newInstallCmd(g *globals) *cobra.Command {
 			}
 			for _, warn := range res.Warnings {
 				fmt.Fprintln(g.stderr, "warning:", warn)
+			}
+			if res.ContainerdVersion == "" && !uninstall {
+				fmt.Fprintln(g.stderr, "hint: pass --containerd-version if containerd is 2.1 or newer")
 			}
 			verb := "installed"
 			if uninstall {
