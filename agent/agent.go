@@ -1,5 +1,6 @@
 // Package agent is the s3snap node agent: it reads the agent's TOML config
-// and runs, in one process, the snapshotter (containerd's snapshot gRPC API
+// (package agent/config, which tools that must not link the agent use) and
+// runs, in one process, the snapshotter (containerd's snapshot gRPC API
 // on a unix socket, for a proxy_plugins entry), the loopback registry
 // mirror, and /metrics and /healthz on a loopback address, telling systemd
 // when it is ready and when it stops.

@@ -5,6 +5,11 @@
 // Every range is checked for exact length: a response that is shorter than
 // asked is resumed from where it stopped, one that is longer or names another
 // range is an error. A short or wrong read is never returned as data.
+//
+// It is also where s3snap meets the AWS SDK's configuration: LoadAWSConfig
+// is the one place the node's region is learned (the SDK's chain, then the
+// instance's own from IMDSv2, under one timeout), and ErrNotFound is
+// s3snap's one "not found", which the store and lazy return as theirs.
 package fetcher
 
 import (

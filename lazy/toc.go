@@ -24,7 +24,8 @@
 // The data object is written first and the TOC last: a TOC's presence
 // means the index is complete. Entry names are clean relative paths; one
 // that is absolute or climbs out with ".." is rejected both when building
-// and when reading.
+// and when reading. A layer with no (complete) index is ErrNoIndex, which
+// is also a store.ErrNotFound.
 package lazy
 
 import (

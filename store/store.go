@@ -6,6 +6,10 @@
 // stores manifests by digest and publishes tags last, only once everything a
 // tag reaches is in place. It knows nothing of where images come from or of
 // nodes; reading blob bytes fast is the fetcher's job.
+//
+// Repository names and tags follow Distribution's grammar as
+// github.com/distribution/reference states it; ErrNotFound is the
+// fetcher's, so a missing object and a missing tag are one error to check.
 package store
 
 import (

@@ -4,6 +4,12 @@
 // user's, for containerd 1.7's config version 2 and 2.x's versions 3 and 4)
 // and a hosts.toml per mapped registry putting the agent's mirror first.
 //
+// containerd's config is read as containerd reads it, the files its imports
+// name merged in (LoadContainerd): a drop-in that overrides s3snap's
+// settings is named in the install's warnings, and doctor checks the same
+// merged view. The agent's settings come from agent/config, so installing
+// links neither the agent nor the snapshotter.
+//
 // Every step compares before it writes, so running the installer twice
 // changes nothing the second time; a file it replaces is backed up once, as
 // <file>.pre-s3snap.
