@@ -69,18 +69,6 @@ type containerdConfig struct {
 	hostsDir string
 }
 
-func lookup(m map[string]any, path ...string) any {
-	var v any = m
-	for _, k := range path {
-		mm, ok := v.(map[string]any)
-		if !ok {
-			return nil
-		}
-		v = mm[k]
-	}
-	return v
-}
-
 // containerdConfig checks the config file registers the plugin at the
 // agent's socket, makes it the CRI's snapshotter and lets layer labels
 // (snapshot annotations) through, which the agent needs to find layers.
@@ -102,7 +90,7 @@ func (r *run) containerdConfig() {
 	var problems []string
 	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 
-	addr, _ := lookup(m, "proxy_plugins", agentconfig.PluginName, "address").(string)
+	addr, _ := systemd.Lookup(m, "proxy_plugins", agentconfig.PluginName, "address").(string)
 	switch {
 	case addr == "":
 		add("no [proxy_plugins.s3snap]")
@@ -111,26 +99,26 @@ func (r *run) containerdConfig() {
 	}
 	var images map[string]any
 	if ver == 2 {
-		images, _ = lookup(m, "plugins", "io.containerd.grpc.v1.cri", "containerd").(map[string]any)
+		images, _ = systemd.Lookup(m, "plugins", "io.containerd.grpc.v1.cri", "containerd").(map[string]any)
 		if v, ok := images["disable_snapshot_annotations"].(bool); !ok || v {
 			add("snapshot annotations are disabled (plugins.\"io.containerd.grpc.v1.cri\".containerd.disable_snapshot_annotations must be false): the agent cannot see which layer containerd prepares")
 		}
-		c.hostsDir = firstDir(lookup(m, "plugins", "io.containerd.grpc.v1.cri", "registry", "config_path"))
+		c.hostsDir = firstDir(systemd.Lookup(m, "plugins", "io.containerd.grpc.v1.cri", "registry", "config_path"))
 	} else {
-		images, _ = lookup(m, "plugins", "io.containerd.cri.v1.images").(map[string]any)
+		images, _ = systemd.Lookup(m, "plugins", "io.containerd.cri.v1.images").(map[string]any)
 		if local, why := systemd.CRILocalPull(images); local {
 			if v, ok := images["disable_snapshot_annotations"].(bool); !ok || v {
 				add("snapshot annotations are disabled: the CRI pulls in its local mode (%s) and then needs plugins.\"io.containerd.cri.v1.images\".disable_snapshot_annotations = false", why)
 			}
 		}
-		if v, _ := lookup(m, "proxy_plugins", agentconfig.PluginName, "exports", "enable_remote_snapshot_annotations").(string); v != "true" {
+		if v, _ := systemd.Lookup(m, "proxy_plugins", agentconfig.PluginName, "exports", "enable_remote_snapshot_annotations").(string); v != "true" {
 			add("snapshot annotations are disabled (proxy_plugins.s3snap.exports.enable_remote_snapshot_annotations must be \"true\"): the agent cannot see which layer containerd prepares")
 		}
-		entries, _ := lookup(m, "plugins", "io.containerd.transfer.v1.local", "unpack_config").([]any)
+		entries, _ := systemd.Lookup(m, "plugins", "io.containerd.transfer.v1.local", "unpack_config").([]any)
 		if !slices.ContainsFunc(entries, func(e any) bool { em, _ := e.(map[string]any); return em["snapshotter"] == agentconfig.PluginName }) {
 			add("no unpack_config entry for s3snap in plugins.\"io.containerd.transfer.v1.local\": the transfer service (ctr, CRI in 2.1+) cannot unpack into it")
 		}
-		c.hostsDir = firstDir(lookup(m, "plugins", "io.containerd.cri.v1.images", "registry", "config_path"))
+		c.hostsDir = firstDir(systemd.Lookup(m, "plugins", "io.containerd.cri.v1.images", "registry", "config_path"))
 	}
 	if s, _ := images["snapshotter"].(string); s != agentconfig.PluginName {
 		add("the CRI's snapshotter is %q%s, not s3snap: kubelet pulls do not use the agent", s, setIn(eff, r.o.ContainerdConfig, systemd.CRISnapshotterPath(ver)...))
@@ -194,7 +182,7 @@ func (r *run) hostsTOML() {
 			bad = append(bad, fmt.Sprintf("%s: %v", p, err))
 			continue
 		}
-		if lookup(m, "host", want) == nil {
+		if systemd.Lookup(m, "host", want) == nil {
 			bad = append(bad, fmt.Sprintf("%s: no [host.%q] (the agent's mirror)", p, want))
 		}
 	}

@@ -35,8 +35,12 @@ func (e *ContainerdEffective) SetBy(path ...string) string {
 }
 
 // Lookup returns the effective value at path, nil if unset.
-func (e *ContainerdEffective) Lookup(path ...string) any {
-	var v any = e.Config
+func (e *ContainerdEffective) Lookup(path ...string) any { return Lookup(e.Config, path...) }
+
+// Lookup returns the value at path in the decoded TOML document m, nil if
+// unset.
+func Lookup(m map[string]any, path ...string) any {
+	var v any = m
 	for _, k := range path {
 		m, ok := v.(map[string]any)
 		if !ok {

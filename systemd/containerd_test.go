@@ -41,15 +41,7 @@ func get(t *testing.T, data []byte, path ...string) any {
 	if err := toml.Unmarshal(data, &m); err != nil {
 		t.Fatalf("merged config is not TOML: %v\n%s", err, data)
 	}
-	var v any = m
-	for _, k := range path {
-		mm, ok := v.(map[string]any)
-		if !ok {
-			return nil
-		}
-		v = mm[k]
-	}
-	return v
+	return Lookup(m, path...)
 }
 
 func TestMergeContainerd(t *testing.T) {
