@@ -1,5 +1,6 @@
 // Package agent is the s3snap node agent: it reads the agent's TOML config
-// and runs, in one process, the snapshotter (containerd's snapshot gRPC API
+// (package agent/config, which tools that must not link the agent use) and
+// runs, in one process, the snapshotter (containerd's snapshot gRPC API
 // on a unix socket, for a proxy_plugins entry), the loopback registry
 // mirror, and /metrics and /healthz on a loopback address, telling systemd
 // when it is ready and when it stops.
@@ -24,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 
+	"github.com/s3snap/s3snap/agent/config"
 	"github.com/s3snap/s3snap/fetcher"
 	"github.com/s3snap/s3snap/mirror"
 	"github.com/s3snap/s3snap/snapshotter"
@@ -38,7 +40,7 @@ const shutdownTimeout = 10 * time.Second
 // SIGTERM/SIGINT), then stops gracefully. It returns an error if anything
 // fails to start or a server fails while running. cfg must be valid
 // (Parse and Load validate).
-func Run(ctx context.Context, cfg Config) error {
+func Run(ctx context.Context, cfg config.Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -121,7 +123,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	for _, addr := range []string{cfg.Mirror.Address, cfg.Metrics.Address} {
 		if err := mirror.CheckPrivileged(addr, mirror.UnprivilegedPortStart()); err != nil {
-			log.G(ctx).WithError(err).Warn("listening on a port other users may bind: use one below 1024 (default " + DefaultMirrorAddress + ")")
+			log.G(ctx).WithError(err).Warn("listening on a port other users may bind: use one below 1024 (default " + config.DefaultMirrorAddress + ")")
 		}
 	}
 	log.G(ctx).WithFields(log.Fields{
@@ -173,7 +175,7 @@ type storeEntry struct {
 // config order. Each region's stores get a client (and fetcher) of that
 // region, as a bucket must be addressed in its own region; behind a custom
 // endpoint all share one. It makes no S3 request (see /healthz for that).
-func openStores(ctx context.Context, cfg Config) (map[string][]storeEntry, error) {
+func openStores(ctx context.Context, cfg config.Config) (map[string][]storeEntry, error) {
 	region := cfg.S3.Region
 	if cfg.Regional() {
 		if region = ownRegion(ctx, cfg); region == "" {

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/s3snap/s3snap/agent/config"
 )
 
 // healthTimeout bounds one store's check.
@@ -21,44 +23,14 @@ type health struct {
 	stores map[string][]storeEntry
 }
 
-// StoreHealth is one store's entry in the /healthz body.
-type StoreHealth struct {
-	Registry string `json:"registry"`
-	Store    string `json:"store"`
-	// Region is the store's region for a registry with regional stores.
-	Region string `json:"region,omitempty"`
-	OK     bool   `json:"ok"`
-	// Layout reports whether a registry layout (docker/registry/v2/) is
-	// under the prefix: false means nothing was migrated there yet.
-	Layout bool   `json:"layout"`
-	Error  string `json:"error,omitempty"`
-}
-
-// Health statuses.
-const (
-	HealthOK       = "ok"
-	HealthDegraded = "degraded"
-	HealthFail     = "fail"
-)
-
-// Health is the /healthz body.
-type Health struct {
-	Status string        `json:"status"` // HealthOK, HealthDegraded or HealthFail
-	Stores []StoreHealth `json:"stores"`
-	// Failing lists the stores that failed, as registry=store.
-	Failing []string `json:"failing,omitempty"`
-	// Down lists the registries none of whose stores answered.
-	Down []string `json:"down,omitempty"`
-}
-
 func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	res := Health{Status: HealthOK}
+	res := config.Health{Status: config.HealthOK}
 	var wg sync.WaitGroup
 	var entries []storeEntry
 	for _, es := range h.stores {
 		entries = append(entries, es...)
 	}
-	res.Stores = make([]StoreHealth, len(entries))
+	res.Stores = make([]config.StoreHealth, len(entries))
 	for i, e := range entries {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
@@ -66,7 +38,7 @@ func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// One ListObjectsV2 with MaxKeys=1 under the prefix: proves
 			// the credentials, the bucket and the network.
 			layout, err := e.store.Exists(ctx)
-			sh := StoreHealth{Registry: e.host, Store: e.store.URL(), Region: e.region, OK: err == nil, Layout: layout}
+			sh := config.StoreHealth{Registry: e.host, Store: e.store.URL(), Region: e.region, OK: err == nil, Layout: layout}
 			if err != nil {
 				sh.Error = err.Error()
 			}
@@ -78,7 +50,7 @@ func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sort.SliceStable(res.Stores, func(i, j int) bool { return res.Stores[i].Registry < res.Stores[j].Registry })
 	res.Status, res.Failing, res.Down = verdict(res.Stores)
 	status := http.StatusOK
-	if res.Status == HealthFail {
+	if res.Status == config.HealthFail {
 		status = http.StatusServiceUnavailable
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -91,7 +63,7 @@ func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // some registry has no store that answers, degraded when some store fails
 // but every registry has one that answers, else ok. It also returns the
 // failing stores and the registries that are down.
-func verdict(stores []StoreHealth) (status string, failing, down []string) {
+func verdict(stores []config.StoreHealth) (status string, failing, down []string) {
 	up := map[string]bool{}
 	var registries []string
 	for _, s := range stores {
@@ -110,9 +82,9 @@ func verdict(stores []StoreHealth) (status string, failing, down []string) {
 	}
 	switch {
 	case len(down) > 0:
-		return HealthFail, failing, down
+		return config.HealthFail, failing, down
 	case len(failing) > 0:
-		return HealthDegraded, failing, nil
+		return config.HealthDegraded, failing, nil
 	}
-	return HealthOK, nil, nil
+	return config.HealthOK, nil, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/s3snap/s3snap/agent/config"
 )
 
 // TestOpenStoresRegions: the node's region comes from [s3] region, else
@@ -37,7 +39,7 @@ func TestOpenStoresRegions(t *testing.T) {
 			} {
 				t.Setenv(k, v)
 			}
-			cfg, err := Parse([]byte("[s3]\n" + tc.s3 + "\n" + table))
+			cfg, err := config.Parse([]byte("[s3]\n" + tc.s3 + "\n" + table))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 	"github.com/s3snap/s3snap/fetcher"
 	"github.com/s3snap/s3snap/store"
 )
@@ -51,7 +51,7 @@ func (r *run) socket(ctx context.Context) {
 	cctx, cancel := r.ctx(ctx)
 	defer cancel()
 	// A key that never exists: NotFound proves the service answers.
-	_, err = snapshotsapi.NewSnapshotsClient(conn).Stat(cctx, &snapshotsapi.StatSnapshotRequest{Snapshotter: agent.PluginName, Key: "s3snap-doctor-probe"})
+	_, err = snapshotsapi.NewSnapshotsClient(conn).Stat(cctx, &snapshotsapi.StatSnapshotRequest{Snapshotter: agentconfig.PluginName, Key: "s3snap-doctor-probe"})
 	if status.Code(err) != codes.NotFound {
 		if err == nil {
 			err = errors.New("answered Stat of a key that cannot exist")
@@ -116,7 +116,7 @@ func (r *run) health(ctx context.Context) {
 		r.add(Check{Name: name, Status: Fail, Detail: err.Error(), Fix: agentFix})
 		return
 	}
-	var h agent.Health
+	var h agentconfig.Health
 	_ = json.Unmarshal(body, &h)
 	if code != http.StatusOK {
 		var errs []string
@@ -133,7 +133,7 @@ func (r *run) health(ctx context.Context) {
 			Fix: "the agent cannot read its bucket(s): see the bucket checks below"})
 		return
 	}
-	if h.Status == agent.HealthDegraded {
+	if h.Status == agentconfig.HealthDegraded {
 		r.add(Check{Name: name, Status: Warn, Detail: fmt.Sprintf("%s: degraded: every registry is served, but these stores fail: %s", url, strings.Join(h.Failing, ", ")),
 			Fix: "images come from the other stores meanwhile: see the bucket checks below"})
 		return

@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/emptypb"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 	"github.com/s3snap/s3snap/systemd"
 )
 
@@ -44,7 +44,7 @@ func (r *run) containerd(ctx context.Context) {
 		return
 	}
 	resp, err := introspection.NewIntrospectionClient(conn).Plugins(cctx, &introspection.PluginsRequest{
-		Filters: []string{fmt.Sprintf("type==%s,id==%s", snapshotterType, agent.PluginName)},
+		Filters: []string{fmt.Sprintf("type==%s,id==%s", snapshotterType, agentconfig.PluginName)},
 	})
 	if err != nil {
 		r.add(Check{Name: name, Status: Fail, Detail: fmt.Sprintf("containerd %s: list plugins: %v", v.Version, err), Fix: fix})
@@ -69,18 +69,6 @@ type containerdConfig struct {
 	hostsDir string
 }
 
-func lookup(m map[string]any, path ...string) any {
-	var v any = m
-	for _, k := range path {
-		mm, ok := v.(map[string]any)
-		if !ok {
-			return nil
-		}
-		v = mm[k]
-	}
-	return v
-}
-
 // containerdConfig checks the config file registers the plugin at the
 // agent's socket, makes it the CRI's snapshotter and lets layer labels
 // (snapshot annotations) through, which the agent needs to find layers.
@@ -91,17 +79,18 @@ func (r *run) containerdConfig() {
 		r.add(Check{Name: name, Status: Fail, Detail: err.Error(), Fix: "s3snap install"})
 		return
 	}
-	m := map[string]any{}
-	if err := toml.Unmarshal(b, &m); err != nil {
+	// What containerd uses: the file and every drop-in its imports name.
+	eff, err := systemd.LoadContainerd("/", r.o.ContainerdConfig, b)
+	if err != nil {
 		r.add(Check{Name: name, Status: Fail, Detail: fmt.Sprintf("%s: %v", r.o.ContainerdConfig, err), Fix: "fix the TOML, or restore " + r.o.ContainerdConfig + ".pre-s3snap"})
 		return
 	}
-	ver, _ := m["version"].(int64)
-	c := &containerdConfig{version: int(ver)}
+	m, ver := eff.Config, eff.Version
+	c := &containerdConfig{version: ver}
 	var problems []string
 	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 
-	addr, _ := lookup(m, "proxy_plugins", agent.PluginName, "address").(string)
+	addr, _ := systemd.Lookup(m, "proxy_plugins", agentconfig.PluginName, "address").(string)
 	switch {
 	case addr == "":
 		add("no [proxy_plugins.s3snap]")
@@ -110,29 +99,29 @@ func (r *run) containerdConfig() {
 	}
 	var images map[string]any
 	if ver == 2 {
-		images, _ = lookup(m, "plugins", "io.containerd.grpc.v1.cri", "containerd").(map[string]any)
+		images, _ = systemd.Lookup(m, "plugins", "io.containerd.grpc.v1.cri", "containerd").(map[string]any)
 		if v, ok := images["disable_snapshot_annotations"].(bool); !ok || v {
 			add("snapshot annotations are disabled (plugins.\"io.containerd.grpc.v1.cri\".containerd.disable_snapshot_annotations must be false): the agent cannot see which layer containerd prepares")
 		}
-		c.hostsDir = firstDir(lookup(m, "plugins", "io.containerd.grpc.v1.cri", "registry", "config_path"))
+		c.hostsDir = firstDir(systemd.Lookup(m, "plugins", "io.containerd.grpc.v1.cri", "registry", "config_path"))
 	} else {
-		images, _ = lookup(m, "plugins", "io.containerd.cri.v1.images").(map[string]any)
+		images, _ = systemd.Lookup(m, "plugins", "io.containerd.cri.v1.images").(map[string]any)
 		if local, why := systemd.CRILocalPull(images); local {
 			if v, ok := images["disable_snapshot_annotations"].(bool); !ok || v {
 				add("snapshot annotations are disabled: the CRI pulls in its local mode (%s) and then needs plugins.\"io.containerd.cri.v1.images\".disable_snapshot_annotations = false", why)
 			}
 		}
-		if v, _ := lookup(m, "proxy_plugins", agent.PluginName, "exports", "enable_remote_snapshot_annotations").(string); v != "true" {
+		if v, _ := systemd.Lookup(m, "proxy_plugins", agentconfig.PluginName, "exports", "enable_remote_snapshot_annotations").(string); v != "true" {
 			add("snapshot annotations are disabled (proxy_plugins.s3snap.exports.enable_remote_snapshot_annotations must be \"true\"): the agent cannot see which layer containerd prepares")
 		}
-		entries, _ := lookup(m, "plugins", "io.containerd.transfer.v1.local", "unpack_config").([]any)
-		if !slices.ContainsFunc(entries, func(e any) bool { em, _ := e.(map[string]any); return em["snapshotter"] == agent.PluginName }) {
+		entries, _ := systemd.Lookup(m, "plugins", "io.containerd.transfer.v1.local", "unpack_config").([]any)
+		if !slices.ContainsFunc(entries, func(e any) bool { em, _ := e.(map[string]any); return em["snapshotter"] == agentconfig.PluginName }) {
 			add("no unpack_config entry for s3snap in plugins.\"io.containerd.transfer.v1.local\": the transfer service (ctr, CRI in 2.1+) cannot unpack into it")
 		}
-		c.hostsDir = firstDir(lookup(m, "plugins", "io.containerd.cri.v1.images", "registry", "config_path"))
+		c.hostsDir = firstDir(systemd.Lookup(m, "plugins", "io.containerd.cri.v1.images", "registry", "config_path"))
 	}
-	if s, _ := images["snapshotter"].(string); s != agent.PluginName {
-		add("the CRI's snapshotter is %q, not s3snap: kubelet pulls do not use the agent", s)
+	if s, _ := images["snapshotter"].(string); s != agentconfig.PluginName {
+		add("the CRI's snapshotter is %q%s, not s3snap: kubelet pulls do not use the agent", s, setIn(eff, r.o.ContainerdConfig, systemd.CRISnapshotterPath(ver)...))
 	}
 	r.ctr = c
 	if len(problems) > 0 {
@@ -143,7 +132,19 @@ func (r *run) containerdConfig() {
 		r.add(Check{Name: name, Status: Fail, Detail: detail, Fix: "s3snap install (merges the settings in), then restart containerd"})
 		return
 	}
-	r.add(Check{Name: name, Status: OK, Detail: fmt.Sprintf("%s (version %d): s3snap registered, CRI snapshotter, annotations on", r.o.ContainerdConfig, ver)})
+	files := r.o.ContainerdConfig
+	if n := len(eff.Imports); n > 0 {
+		files += fmt.Sprintf(" and %d imported file(s)", n)
+	}
+	r.add(Check{Name: name, Status: OK, Detail: fmt.Sprintf("%s (version %d): s3snap registered, CRI snapshotter, annotations on", files, ver)})
+}
+
+// setIn names the imported file that set the key at path, if not main.
+func setIn(eff *systemd.ContainerdEffective, main string, path ...string) string {
+	if by := eff.SetBy(path...); by != "" && by != main {
+		return " (set by " + by + ")"
+	}
+	return ""
 }
 
 func firstDir(v any) string {
@@ -164,13 +165,13 @@ func (r *run) hostsTOML() {
 	dir := r.ctr.hostsDir
 	if dir == "" {
 		r.add(Check{Name: name, Status: Fail, Detail: "containerd's config sets no registry config_path: hosts.toml files are not read",
-			Fix: "s3snap install (sets config_path = " + agent.DefaultHostsDir + ")"})
+			Fix: "s3snap install (sets config_path = " + agentconfig.DefaultHostsDir + ")"})
 		return
 	}
 	want := "http://" + r.cfg.Mirror.Address
 	var bad []string
 	for _, reg := range r.cfg.Registry {
-		p := agent.HostsTOMLPath(dir, reg.Host)
+		p := agentconfig.HostsTOMLPath(dir, reg.Host)
 		b, err := os.ReadFile(p)
 		if err != nil {
 			bad = append(bad, err.Error())
@@ -181,7 +182,7 @@ func (r *run) hostsTOML() {
 			bad = append(bad, fmt.Sprintf("%s: %v", p, err))
 			continue
 		}
-		if lookup(m, "host", want) == nil {
+		if systemd.Lookup(m, "host", want) == nil {
 			bad = append(bad, fmt.Sprintf("%s: no [host.%q] (the agent's mirror)", p, want))
 		}
 	}

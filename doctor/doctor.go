@@ -1,10 +1,12 @@
 // Package doctor checks a node's s3snap set-up piece by piece, as `s3snap
 // doctor` reports it: the agent's config, containerd (running, version,
-// s3snap's plugin loaded), containerd's config (plugin, CRI snapshotter,
-// snapshot annotations), hosts.toml files, the agent's ports (only root
-// may bind them), socket, mirror and health, the AWS credentials' source,
-// each bucket (and, in lazy mode, one lazy index of each), and one timed
-// blob fetch. Each failed check says what is wrong and how to fix it.
+// s3snap's plugin loaded), containerd's config as containerd merges it with
+// its imports (plugin, CRI snapshotter, snapshot annotations), hosts.toml
+// files, the agent's ports (only root may bind them), socket, mirror and
+// health, the AWS credentials' source, each bucket (and, in lazy mode, one
+// lazy index of each), and one timed blob fetch. Each failed check says
+// what is wrong and how to fix it. It reads the agent's settings through
+// agent/config and never links the agent or the snapshotter.
 package doctor
 
 import (
@@ -12,7 +14,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 	"github.com/s3snap/s3snap/systemd"
 )
 
@@ -54,7 +56,7 @@ func (r *Report) Failed() int {
 
 // Options say where things are on the node.
 type Options struct {
-	AgentConfig       string // default agent.DefaultConfigPath
+	AgentConfig       string // default agentconfig.DefaultConfigPath
 	ContainerdConfig  string // default systemd.ContainerdCfg
 	ContainerdAddress string // default /run/containerd/containerd.sock
 	// Timeout bounds each network check (default 10s).
@@ -68,7 +70,7 @@ const DefaultContainerdAddress = "/run/containerd/containerd.sock"
 type run struct {
 	o      Options
 	report *Report
-	cfg    *agent.Config
+	cfg    *agentconfig.Config
 	ctr    *containerdConfig
 }
 
@@ -92,7 +94,7 @@ func (r *run) ctx(parent context.Context) (context.Context, context.CancelFunc) 
 // first failure, so one run names every broken piece.
 func Run(ctx context.Context, o Options) *Report {
 	if o.AgentConfig == "" {
-		o.AgentConfig = agent.DefaultConfigPath
+		o.AgentConfig = agentconfig.DefaultConfigPath
 	}
 	if o.ContainerdConfig == "" {
 		o.ContainerdConfig = systemd.ContainerdCfg
@@ -118,7 +120,7 @@ func Run(ctx context.Context, o Options) *Report {
 
 func (r *run) agentConfig() {
 	const name = "agent config"
-	cfg, err := agent.Load(r.o.AgentConfig)
+	cfg, err := agentconfig.Load(r.o.AgentConfig)
 	if err != nil {
 		r.add(Check{Name: name, Status: Fail, Detail: err.Error(),
 			Fix: "write it with `s3snap install --bucket BUCKET --registry HOST`, or fix the error above"})

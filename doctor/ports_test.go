@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 )
 
 func TestPortsCheck(t *testing.T) {
@@ -16,14 +16,14 @@ func TestPortsCheck(t *testing.T) {
 		status          Status
 		detail          string
 	}{
-		{"defaults", agent.DefaultMirrorAddress, agent.DefaultMetricsAddress, 1024, OK, "only root"},
-		{"old mirror port", "127.0.0.1:5050", agent.DefaultMetricsAddress, 1024, Warn, "mirror 127.0.0.1:5050: port 5050"},
-		{"metrics unprivileged", agent.DefaultMirrorAddress, "127.0.0.1:9100", 1024, Warn, "metrics 127.0.0.1:9100"},
-		{"sysctl lowered", agent.DefaultMirrorAddress, agent.DefaultMetricsAddress, 0, Warn, "ip_unprivileged_port_start (0)"},
+		{"defaults", agentconfig.DefaultMirrorAddress, agentconfig.DefaultMetricsAddress, 1024, OK, "only root"},
+		{"old mirror port", "127.0.0.1:5050", agentconfig.DefaultMetricsAddress, 1024, Warn, "mirror 127.0.0.1:5050: port 5050"},
+		{"metrics unprivileged", agentconfig.DefaultMirrorAddress, "127.0.0.1:9100", 1024, Warn, "metrics 127.0.0.1:9100"},
+		{"sysctl lowered", agentconfig.DefaultMirrorAddress, agentconfig.DefaultMetricsAddress, 0, Warn, "ip_unprivileged_port_start (0)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			portStart = func() int { return tc.start }
-			cfg := agent.Default()
+			cfg := agentconfig.Default()
 			cfg.Mirror.Address, cfg.Metrics.Address = tc.mirror, tc.metrics
 			r := &run{report: &Report{Status: OK}, cfg: &cfg}
 			r.ports()

@@ -2,14 +2,10 @@ package fetcher
 
 import (
 	"cmp"
-	"errors"
-	"os"
-	"time"
-
 	"context"
-	"fmt"
-	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	"errors"
 	"net/http"
+	"os"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -50,38 +46,21 @@ func NewClient(ctx context.Context, cfg ClientConfig) (*s3.Client, error) {
 		t.MaxIdleConns = maxIdleConnsPerHost
 		t.MaxIdleConnsPerHost = maxIdleConnsPerHost
 	})
-	opts := []func(*config.LoadOptions) error{config.WithHTTPClient(httpClient)}
-	if cfg.Profile != "" {
-		opts = append(opts, config.WithSharedConfigProfile(cfg.Profile))
-	}
-	if cfg.Region != "" {
-		opts = append(opts, config.WithRegion(cfg.Region))
-	}
-	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("load aws config: %w", err)
-	}
 	endpoint := cfg.Endpoint
 	if endpoint == "" {
 		endpoint = cmp.Or(os.Getenv("AWS_ENDPOINT_URL_S3"), os.Getenv("AWS_ENDPOINT_URL"))
 	}
+	// Behind a local S3-compatible server any region signs: no round trip
+	// to an instance metadata service that may not exist.
+	awsCfg, err := LoadAWSConfig(ctx, cfg.Region, cfg.Profile, endpoint == "", config.WithHTTPClient(httpClient))
 	switch {
+	case err != nil:
+		return nil, err
 	case awsCfg.Region != "":
 	case endpoint != "":
-		// A local S3-compatible server: any region signs; no round trip
-		// to an instance metadata service that may not exist.
 		awsCfg.Region = "us-east-1"
 	default:
-		// On EC2 the region usually comes from the instance itself.
-		imdsCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		out, err := imds.NewFromConfig(awsCfg, func(o *imds.Options) {
-			o.EnableFallback = aws.FalseTernary // IMDSv2 only
-		}).GetRegion(imdsCtx, &imds.GetRegionInput{})
-		if err != nil {
-			return nil, fmt.Errorf("%w: give --region or set AWS_REGION (the EC2 instance metadata service did not say: %v)", ErrNoRegion, err)
-		}
-		awsCfg.Region = out.Region
+		return nil, ErrNoRegion
 	}
 	return s3.NewFromConfig(awsCfg, func(o *s3.Options) {
 		if cfg.Endpoint != "" {

@@ -5,6 +5,11 @@
 // Every range is checked for exact length: a response that is shorter than
 // asked is resumed from where it stopped, one that is longer or names another
 // range is an error. A short or wrong read is never returned as data.
+//
+// It is also where s3snap meets the AWS SDK's configuration: LoadAWSConfig
+// is the one place the node's region is learned (the SDK's chain, then the
+// instance's own from IMDSv2, under one timeout), and ErrNotFound is
+// s3snap's one "not found", which the store and lazy return as theirs.
 package fetcher
 
 import (
@@ -42,8 +47,10 @@ type Object struct {
 func (o Object) String() string { return "s3://" + o.Bucket + "/" + o.Key }
 
 var (
-	// ErrNotFound: the bucket or key does not exist (404, NoSuchKey, NotFound).
-	ErrNotFound = errors.New("object not found")
+	// ErrNotFound: the bucket or key does not exist (404, NoSuchKey,
+	// NotFound). It is s3snap's one "not found": the store, lazy and the
+	// migrator return it (or wrap it) for whatever they cannot find.
+	ErrNotFound = errors.New("not found")
 	// ErrDigestMismatch: the bytes read do not hash to Object.Digest.
 	ErrDigestMismatch = errors.New("digest mismatch")
 	// ErrShortRead: a range kept ending before its last byte until the

@@ -11,7 +11,7 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 	"github.com/s3snap/s3snap/integration/testenv"
 	"github.com/s3snap/s3snap/store"
 )
@@ -37,8 +37,8 @@ func TestAgentHealthDegraded(t *testing.T) {
 	t.Run("one store of two fails", func(t *testing.T) {
 		a := startAgentConfig(t, e, "", regional)
 		code, h := a.Health(t)
-		if code != http.StatusOK || h.Status != agent.HealthDegraded {
-			t.Fatalf("healthz = %d %q, want 200 %q: %+v", code, h.Status, agent.HealthDegraded, h)
+		if code != http.StatusOK || h.Status != agentconfig.HealthDegraded {
+			t.Fatalf("healthz = %d %q, want 200 %q: %+v", code, h.Status, agentconfig.HealthDegraded, h)
 		}
 		if want := served + "=" + missing; !slices.Equal(h.Failing, []string{want}) || len(h.Down) != 0 {
 			t.Errorf("failing %v, down %v; want failing [%s], none down", h.Failing, h.Down, want)
@@ -64,8 +64,8 @@ func TestAgentHealthDegraded(t *testing.T) {
 	t.Run("a registry with no store that answers", func(t *testing.T) {
 		a := startAgentConfig(t, e, "", regional+fmt.Sprintf("\n[[registry]]\nhost = %q\nstore = %q\n", dead, missing))
 		code, h := a.Health(t)
-		if code != http.StatusServiceUnavailable || h.Status != agent.HealthFail {
-			t.Fatalf("healthz = %d %q, want 503 %q: %+v", code, h.Status, agent.HealthFail, h)
+		if code != http.StatusServiceUnavailable || h.Status != agentconfig.HealthFail {
+			t.Fatalf("healthz = %d %q, want 503 %q: %+v", code, h.Status, agentconfig.HealthFail, h)
 		}
 		if !slices.Equal(h.Down, []string{dead}) || len(h.Failing) != 2 {
 			t.Errorf("down %v, failing %v; want down [%s] and both missing-bucket stores failing", h.Down, h.Failing, dead)

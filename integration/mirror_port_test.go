@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 	"github.com/s3snap/s3snap/integration/testenv"
 	"github.com/s3snap/s3snap/mirror"
 )
@@ -103,7 +103,7 @@ func TestAgentPortsNotBindableByUsers(t *testing.T) {
 		return string(out)
 	}
 	const nobody = 65534
-	for _, addr := range []string{agent.DefaultMirrorAddress, agent.DefaultMetricsAddress} {
+	for _, addr := range []string{agentconfig.DefaultMirrorAddress, agentconfig.DefaultMetricsAddress} {
 		if out := bindAs(nobody, addr); !strings.Contains(out, "permission denied") {
 			t.Errorf("nobody listening on %s: %q, want permission denied", addr, out)
 		}

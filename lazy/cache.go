@@ -10,8 +10,10 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/containerd/continuity"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
 )
 
 // Cache keeps verified, uncompressed chunks on local disk, one file per
@@ -23,15 +25,10 @@ type Cache struct {
 	dir string
 	dec *zstd.Decoder
 
-	mu       sync.Mutex
-	calls    map[digest.Digest]*call
-	verified map[digest.Digest]bool // written or checked by this process
-}
+	loads singleflight.Group // one load per chunk at a time
 
-type call struct {
-	done chan struct{}
-	data []byte
-	err  error
+	mu       sync.Mutex
+	verified map[digest.Digest]bool // written or checked by this process
 }
 
 // NewCache opens (creating, 0700) a chunk cache in dir.
@@ -43,7 +40,7 @@ func NewCache(dir string) (*Cache, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Cache{dir: dir, dec: dec, calls: map[digest.Digest]*call{}, verified: map[digest.Digest]bool{}}, nil
+	return &Cache{dir: dir, dec: dec, verified: map[digest.Digest]bool{}}, nil
 }
 
 func (c *Cache) path(d digest.Digest) string {
@@ -106,25 +103,19 @@ func (c *Cache) check(d digest.Digest, size int64) bool {
 // frame with fetch unless it is cached or already being fetched. What it
 // returns has been verified.
 func (c *Cache) get(d digest.Digest, size int64, fetch func() ([]byte, error)) ([]byte, error) {
-	c.mu.Lock()
-	if cl, ok := c.calls[d]; ok {
-		c.mu.Unlock()
-		<-cl.done
-		return cl.data, cl.err
+	v, err, _ := c.loads.Do(string(d), func() (any, error) {
+		data, err := c.load(d, size, fetch)
+		if err == nil {
+			c.mu.Lock()
+			c.verified[d] = true
+			c.mu.Unlock()
+		}
+		return data, err
+	})
+	if err != nil {
+		return nil, err
 	}
-	cl := &call{done: make(chan struct{})}
-	c.calls[d] = cl
-	c.mu.Unlock()
-
-	cl.data, cl.err = c.load(d, size, fetch)
-	c.mu.Lock()
-	delete(c.calls, d)
-	if cl.err == nil {
-		c.verified[d] = true
-	}
-	c.mu.Unlock()
-	close(cl.done)
-	return cl.data, cl.err
+	return v.([]byte), nil
 }
 
 func (c *Cache) load(d digest.Digest, size int64, fetch func() ([]byte, error)) ([]byte, error) {
@@ -166,19 +157,7 @@ func (c *Cache) store(d digest.Digest, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return fmt.Errorf("chunk cache: %w", err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
-	if err != nil {
-		return fmt.Errorf("chunk cache: %w", err)
-	}
-	_, err = f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), p)
-	}
-	if err != nil {
-		os.Remove(f.Name())
+	if err := continuity.AtomicWriteFile(p, data, 0o600); err != nil {
 		return fmt.Errorf("chunk cache: write %s: %w", d, err)
 	}
 	return nil

@@ -11,7 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/s3snap/s3snap/integration/testenv"
+	"github.com/s3snap/s3snap/internal/storetest"
 	"github.com/s3snap/s3snap/lazy"
 	"github.com/s3snap/s3snap/store"
 )
@@ -36,7 +36,7 @@ func layerOf(t *testing.T, files map[string]string) []byte {
 // may be a local copy): a data object of another size, or none, makes
 // the index invalid, which indexing again repairs.
 func TestDataObjectSizeChecked(t *testing.T) {
-	e := testenv.S3(t)
+	e := storetest.S3(t)
 	client := e.Client(t)
 	bucket := e.NewBucket(t)
 	st := store.New(client, bucket, store.WithPrefix("p"))

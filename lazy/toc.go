@@ -24,7 +24,8 @@
 // The data object is written first and the TOC last: a TOC's presence
 // means the index is complete. Entry names are clean relative paths; one
 // that is absolute or climbs out with ".." is rejected both when building
-// and when reading.
+// and when reading. A layer with no (complete) index is ErrNoIndex, which
+// is also a store.ErrNotFound.
 package lazy
 
 import (
@@ -38,6 +39,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/s3snap/s3snap/store"
 )
 
 // Version is the index format version, part of the object keys.
@@ -56,7 +59,7 @@ const (
 
 var (
 	// ErrNoIndex means the store holds no (complete) index for a layer.
-	ErrNoIndex = errors.New("no lazy index")
+	ErrNoIndex = fmt.Errorf("no lazy index: %w", store.ErrNotFound)
 	// ErrInvalidIndex means a TOC is malformed or does not describe what
 	// it claims: unknown types, entries escaping the root, chunks that do
 	// not add up.

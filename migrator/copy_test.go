@@ -10,7 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/s3snap/s3snap/integration/testenv"
+	"github.com/s3snap/s3snap/internal/storetest"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -18,7 +18,7 @@ import (
 // server (the test is skipped without one, failed under CI).
 func newTestStore(t *testing.T) *store.Store {
 	t.Helper()
-	e := testenv.S3(t)
+	e := storetest.S3(t)
 	return store.New(e.Client(t), e.NewBucket(t), store.WithPrefix("p"))
 }
 

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/s3snap/s3snap/store"
 )
@@ -182,46 +182,26 @@ func DrainVerify(r io.Reader, desc ocispec.Descriptor) error {
 // blob there (existed), so shared layers are uploaded once and counted as
 // deduplicated bytes for every other image. Destinations embed one; the
 // zero value is ready.
-type Flight struct {
-	mu sync.Mutex
-	m  map[string]*call
-}
-
-type call struct {
-	done chan struct{}
-	err  error
-}
+type Flight struct{ g singleflight.Group }
 
 // Do runs fn for key unless another call for key is running; then it waits
 // for that one and reports existed if it succeeded, or runs fn itself if it
 // failed.
 func (f *Flight) Do(ctx context.Context, key string, fn func() (bool, error)) (bool, error) {
 	for {
-		f.mu.Lock()
-		if f.m == nil {
-			f.m = map[string]*call{}
-		}
-		c, busy := f.m[key]
-		if !busy {
-			c = &call{done: make(chan struct{})}
-			f.m[key] = c
-			f.mu.Unlock()
-			existed, err := fn()
-			c.err = err
-			f.mu.Lock()
-			delete(f.m, key)
-			f.mu.Unlock()
-			close(c.done)
-			return existed, err
-		}
-		f.mu.Unlock()
+		var led bool // this caller's fn ran: its result is its own
+		ch := f.g.DoChan(key, func() (any, error) { led = true; return fn() })
 		select {
-		case <-c.done:
+		case r := <-ch:
+			if led {
+				existed, _ := r.Val.(bool)
+				return existed, r.Err
+			}
+			if r.Err == nil {
+				return true, nil
+			}
 		case <-ctx.Done():
 			return false, ctx.Err()
-		}
-		if c.err == nil {
-			return true, nil
 		}
 		// The other upload failed; try ourselves (our source may differ).
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -20,7 +21,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/s3snap/s3snap/fetcher"
-	"github.com/s3snap/s3snap/integration/testenv"
+	"github.com/s3snap/s3snap/internal/storetest"
 	"github.com/s3snap/s3snap/mirror"
 	"github.com/s3snap/s3snap/store"
 )
@@ -28,30 +29,30 @@ import (
 const upstream = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
 
 type fixture struct {
-	e      *testenv.S3Env
+	e      *storetest.S3Env
 	bucket string
 	st     *store.Store
 	srv    *httptest.Server
-	im     *testenv.Image
+	im     *storetest.Image
 	index  []byte
 	big    []byte // a 3 MiB blob, fetched in several parts
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	e := testenv.S3(t)
+	e := storetest.S3(t)
 	f := &fixture{e: e, bucket: e.NewBucket(t)}
 	c := e.Client(t)
 	f.st = store.New(c, f.bucket, store.WithPrefix("mirror"),
 		store.WithFetcher(fetcher.New(c, fetcher.WithPartSize(256<<10), fetcher.WithConcurrency(4))))
 	ctx := context.Background()
 	plat := ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH}
-	f.im = testenv.NewImage(t, plat, []testenv.File{{Name: "hello", Data: []byte("hello from s3")}})
-	d := testenv.PutImage(t, f.st, "team/app", f.im)
+	f.im = storetest.NewImage(t, plat, []storetest.File{{Name: "hello", Data: []byte("hello from s3")}})
+	d := storetest.PutImage(t, f.st, "team/app", f.im)
 	if err := f.st.Tag(ctx, "team/app", "v1", d); err != nil {
 		t.Fatal(err)
 	}
-	f.index = testenv.NewIndex(t, f.im)
+	f.index = storetest.NewIndex(t, f.im)
 	di, err := f.st.PutManifest(ctx, "team/app", f.index)
 	if err != nil {
 		t.Fatal(err)
@@ -237,7 +238,12 @@ func TestMirrorS3Down(t *testing.T) {
 	paths := []string{"/v2/team/app/manifests/v1", "/v2/team/app/blobs/" + digest.FromBytes(f.big).String()}
 
 	t.Run("server down", func(t *testing.T) {
-		down := f.e.ClientFor("http://"+testenv.FreeAddr(t), func(o *s3.Options) { o.RetryMaxAttempts = 1 })
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Close() // nothing listens there now
+		down := f.e.ClientFor("http://"+l.Addr().String(), func(o *s3.Options) { o.RetryMaxAttempts = 1 })
 		st := store.New(down, f.bucket, store.WithPrefix("mirror"), store.WithFetcher(fetcher.New(down, fetcher.WithRetries(1))))
 		m, err := mirror.New(func(string) []*store.Store { return []*store.Store{st} }, mirror.WithSpool(t.TempDir(), time.Minute))
 		if err != nil {
@@ -259,7 +265,7 @@ func TestMirrorS3Down(t *testing.T) {
 	})
 	t.Run("bucket deleted", func(t *testing.T) {
 		c := f.e.Client(t)
-		testenv.EmptyBucket(ctx, c, f.bucket)
+		storetest.EmptyBucket(ctx, c, f.bucket)
 		if _, err := c.DeleteBucket(ctx, &s3.DeleteBucketInput{Bucket: &f.bucket}); err != nil {
 			t.Fatal(err)
 		}

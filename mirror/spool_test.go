@@ -18,7 +18,7 @@ import (
 
 	"github.com/s3snap/s3snap/fetcher"
 	"github.com/s3snap/s3snap/integration/faultproxy"
-	"github.com/s3snap/s3snap/integration/testenv"
+	"github.com/s3snap/s3snap/internal/storetest"
 	"github.com/s3snap/s3snap/mirror"
 	"github.com/s3snap/s3snap/store"
 )
@@ -36,7 +36,7 @@ type bounded struct {
 // through a mirror with opts, whose S3 traffic goes through a fault proxy.
 func newBounded(t *testing.T, sizes []int, opts ...mirror.Option) *bounded {
 	t.Helper()
-	e := testenv.S3(t)
+	e := storetest.S3(t)
 	bucket := e.NewBucket(t)
 	ctx := context.Background()
 	direct := store.New(e.Client(t), bucket, store.WithPrefix("bounded"))

@@ -13,7 +13,7 @@ import (
 
 // ErrNotVerifyReport is returned for a --pin-digests file that is not the
 // JSON report of s3snap verify.
-var ErrNotVerifyReport = errors.New("not an s3snap verify report (want the output of s3snap verify -o json or its --report file)")
+var ErrNotVerifyReport = errors.New("not an s3snap verify report (want verify's JSON report)")
 
 // Pins are the digests a verify report proved equal at both ends, by source
 // repository and tag. Only entries with status ok count.
@@ -104,7 +104,7 @@ func (p *Pins) Len() int { return len(p.tags) }
 // checkSource fails if the report verified another registry than from.
 func (p *Pins) checkSource(from Location) error {
 	if p.host != "" && !strings.EqualFold(p.host, from.Host) {
-		return fmt.Errorf("the verify report is for %s, not for --from %s", p.Source, from)
+		return fmt.Errorf("the verify report is for %s, not for the source %s", p.Source, from)
 	}
 	return nil
 }

@@ -73,23 +73,23 @@ type Option func(*Rewriter)
 // warning.
 func WithPins(p *Pins) Option { return func(rw *Rewriter) { rw.pins = p } }
 
-// ErrOverlap is returned when --from lies inside --to, so a second run
-// would rewrite what the first one wrote.
-var ErrOverlap = errors.New("--from lies inside --to: a second run would move references again")
+// ErrOverlap is returned when the source location lies inside the
+// destination, so a second run would rewrite what the first one wrote.
+var ErrOverlap = errors.New("the source lies inside the destination: a second run would move references again")
 
 // New returns a Rewriter moving references under from (REGISTRY[/PREFIX])
 // to the same path under to.
 func New(from, to string, opts ...Option) (*Rewriter, error) {
 	f, err := ParseLocation(from)
 	if err != nil {
-		return nil, fmt.Errorf("--from: %w", err)
+		return nil, fmt.Errorf("source: %w", err)
 	}
 	t, err := ParseLocation(to)
 	if err != nil {
-		return nil, fmt.Errorf("--to: %w", err)
+		return nil, fmt.Errorf("destination: %w", err)
 	}
 	if _, ok := t.contains(f.Host, f.Path); ok {
-		return nil, fmt.Errorf("--from %s, --to %s: %w", f, t, ErrOverlap)
+		return nil, fmt.Errorf("%s inside %s: %w", f, t, ErrOverlap)
 	}
 	rw := &Rewriter{from: f, to: t}
 	for _, o := range opts {

@@ -3,9 +3,10 @@ package store
 import (
 	"fmt"
 	"path"
-	"regexp"
+
 	"strings"
 
+	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -72,17 +73,21 @@ func (l layout) tagIndex(name, tag string, d digest.Digest) string {
 // bytes for sha256), as Distribution writes it.
 func linkBody(d digest.Digest) []byte { return []byte(d.String()) }
 
-var (
-	// Distribution's repository name grammar: path components of lowercase
-	// alphanumerics joined by '.', '_', '__' or runs of '-', separated by '/'.
-	pathComponent = `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`
-	nameRe        = regexp.MustCompile(`^` + pathComponent + `(?:/` + pathComponent + `)*$`)
-	tagRe         = regexp.MustCompile(`^[\w][\w.-]{0,127}$`)
-)
+// grammarDomain stands before a repository name so that reference's grammar
+// reads all of the name as the path (lowercase components joined by '.',
+// '_', '__' or runs of '-', separated by '/'), never its first component as
+// a registry host.
+const grammarDomain = "s3snap.invalid"
 
-// ValidateRepository reports whether name is a valid repository name.
+// anyRepository carries a tag through reference's tag grammar.
+var anyRepository, _ = reference.WithName(grammarDomain + "/x")
+
+// ValidateRepository reports whether name is a valid repository name: the
+// path of a reference in Distribution's grammar (github.com/distribution/reference),
+// at most 255 bytes.
 func ValidateRepository(name string) error {
-	if len(name) > 255 || !nameRe.MatchString(name) {
+	named, err := reference.WithName(grammarDomain + "/" + name)
+	if err != nil || reference.Path(named) != name {
 		return fmt.Errorf("repository name %q: %w", name, ErrInvalidName)
 	}
 	// "_layers" etc. cannot appear (underscore can't lead a component), so a
@@ -90,9 +95,9 @@ func ValidateRepository(name string) error {
 	return nil
 }
 
-// ValidateTag reports whether tag is a valid tag.
+// ValidateTag reports whether tag is a valid tag in Distribution's grammar.
 func ValidateTag(tag string) error {
-	if !tagRe.MatchString(tag) {
+	if _, err := reference.WithTag(anyRepository, tag); err != nil {
 		return fmt.Errorf("tag %q: %w", tag, ErrInvalidName)
 	}
 	return nil

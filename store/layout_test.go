@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -31,6 +32,28 @@ func TestLayoutKeys(t *testing.T) {
 	}
 }
 
+func TestValidateTag(t *testing.T) {
+	for _, tc := range []struct {
+		tag string
+		ok  bool
+	}{
+		{"v1.2", true},
+		{"_x", true},
+		{"Latest-1_a", true},
+		{strings.Repeat("t", 128), true},
+		{strings.Repeat("t", 129), false},
+		{"", false},
+		{".x", false},
+		{"-x", false},
+		{"a/b", false},
+		{"a:b", false},
+	} {
+		if err := ValidateTag(tc.tag); (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrInvalidName)) {
+			t.Errorf("ValidateTag(%q) = %v, want ok=%v", tc.tag, err, tc.ok)
+		}
+	}
+}
+
 func TestValidateRepository(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -47,6 +70,11 @@ func TestValidateRepository(t *testing.T) {
 		{"app/_layers", false},
 		{"../etc", false},
 		{"app:tag", false},
+		{"localhost:5000/app", false},
+		{"Team/app", false},
+		{"[::1]/app", false},
+		{strings.Repeat("a", 255), true},
+		{strings.Repeat("a", 256), false},
 	} {
 		err := ValidateRepository(tc.name)
 		if (err == nil) != tc.ok {

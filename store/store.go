@@ -6,6 +6,10 @@
 // stores manifests by digest and publishes tags last, only once everything a
 // tag reaches is in place. It knows nothing of where images come from or of
 // nodes; reading blob bytes fast is the fetcher's job.
+//
+// Repository names and tags follow Distribution's grammar as
+// github.com/distribution/reference states it; ErrNotFound is the
+// fetcher's, so a missing object and a missing tag are one error to check.
 package store
 
 import (
@@ -28,8 +32,9 @@ import (
 
 var (
 	// ErrNotFound is returned when a blob, manifest, tag or repository is
-	// not in the store.
-	ErrNotFound = errors.New("not found")
+	// not in the store. It is the fetcher's own sentinel: one "not found"
+	// from the S3 object up to the migrator.
+	ErrNotFound = fetcher.ErrNotFound
 	// ErrDigestMismatch is returned when content does not hash to the digest
 	// it was stored or asked for under. It is the fetcher's own sentinel, so
 	// a mismatch found while reading is the same error as one found here.

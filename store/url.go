@@ -103,7 +103,7 @@ func Locate(ctx context.Context, client Client, u URL) (prefix, repo string, err
 		}
 	}
 	if first < 0 {
-		return "", "", fmt.Errorf("no registry layout (docker/registry/v2/) under %s or any prefix of it (is the layout under a prefix? name it in the URL or with --prefix): %w", u, ErrNotFound)
+		return "", "", fmt.Errorf("no registry layout (docker/registry/v2/) under %s or any prefix of it (is the layout under a prefix? name it in the URL): %w", u, ErrNotFound)
 	}
 	return strings.Join(parts[:first], "/"), strings.Join(parts[first:], "/"), nil
 }

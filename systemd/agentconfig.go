@@ -6,7 +6,7 @@ import (
 	"io/fs"
 	"strings"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 )
 
 // AgentSettings are the installer's flags for the agent's config file.
@@ -62,31 +62,31 @@ func (s AgentSettings) render() string {
 
 // agentConfig returns the agent config to install and its file's text:
 // rendered from o.Agent, or else the one already installed.
-func agentConfig(t *tree, o Options) (agent.Config, string, error) {
+func agentConfig(t *tree, o Options) (agentconfig.Config, string, error) {
 	if o.Agent != nil {
 		if o.Agent.Bucket == "" {
-			return agent.Config{}, "", fmt.Errorf("%w: no bucket: --bucket is required", ErrInvalid)
+			return agentconfig.Config{}, "", fmt.Errorf("%w: no bucket", ErrInvalid)
 		}
 		if len(o.Agent.Registries) == 0 {
-			return agent.Config{}, "", fmt.Errorf("%w: no registry host: give --registry HOST at least once", ErrInvalid)
+			return agentconfig.Config{}, "", fmt.Errorf("%w: no registry host", ErrInvalid)
 		}
 		text := o.Agent.render()
-		cfg, err := agent.Parse([]byte(text))
+		cfg, err := agentconfig.Parse([]byte(text))
 		if err != nil {
-			return agent.Config{}, "", fmt.Errorf("%w: agent config: %w", ErrInvalid, err)
+			return agentconfig.Config{}, "", fmt.Errorf("%w: agent config: %w", ErrInvalid, err)
 		}
 		return cfg, text, nil
 	}
 	b, err := t.read(o.AgentConfigPath)
 	if errors.Is(err, fs.ErrNotExist) {
-		return agent.Config{}, "", fmt.Errorf("%w: no agent config at %s: give --bucket and --registry", ErrInvalid, o.AgentConfigPath)
+		return agentconfig.Config{}, "", fmt.Errorf("%w at %s", ErrNoAgentConfig, o.AgentConfigPath)
 	}
 	if err != nil {
-		return agent.Config{}, "", err
+		return agentconfig.Config{}, "", err
 	}
-	cfg, err := agent.Parse(b)
+	cfg, err := agentconfig.Parse(b)
 	if err != nil {
-		return agent.Config{}, "", fmt.Errorf("installed agent config %s: %w", o.AgentConfigPath, err)
+		return agentconfig.Config{}, "", fmt.Errorf("installed agent config %s: %w", o.AgentConfigPath, err)
 	}
 	return cfg, string(b), nil
 }
@@ -94,6 +94,6 @@ func agentConfig(t *tree, o Options) (agent.Config, string, error) {
 // hostsMarker marks a hosts.toml s3snap wrote (uninstall removes only those).
 const hostsMarker = "# Written by s3snap install"
 
-func hostsTOML(cfg agent.Config, host, server string) []byte {
-	return []byte(hostsMarker + ": the agent's loopback mirror first, then the registry.\n" + agent.HostsTOML(cfg, host, server))
+func hostsTOML(cfg agentconfig.Config, host, server string) []byte {
+	return []byte(hostsMarker + ": the agent's loopback mirror first, then the registry.\n" + agentconfig.HostsTOML(cfg, host, server))
 }

@@ -16,7 +16,7 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/pelletier/go-toml/v2"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 )
 
 // Plugin sections s3snap sets, by config version.
@@ -27,7 +27,7 @@ const (
 )
 
 type mergeOptions struct {
-	agent      agent.Config
+	agent      agentconfig.Config
 	ctrVersion string // "1.7.27", "2.4.2" or "" (unknown)
 	hostsDir   string // wanted config_path ("" keeps the config's)
 	platform   string // of the unpack_config entries (default: this machine's)
@@ -65,12 +65,12 @@ func mergeContainerd(cur []byte, o mergeOptions) (*merged, error) {
 		return nil, fmt.Errorf("%w: config version %d needs containerd 2.x, but containerd %s is installed", ErrInvalid, ver, o.ctrVersion)
 	}
 	if o.ctrVersion == "" {
-		res.warnings = append(res.warnings, fmt.Sprintf("containerd version unknown (no binary found in the root): config version %d kept; pass --containerd-version if containerd is 2.1 or newer", ver))
+		res.warnings = append(res.warnings, fmt.Sprintf("containerd version unknown (no binary found in the root): config version %d kept; give the version if containerd is 2.1 or newer", ver))
 	}
 	// The transfer service unpacks `ctr pull` (and, from 2.1, CRI) pulls.
 	transfer := ver >= 3 || major > 2 || major == 2 && minor >= 1
 
-	proxy := table(m, "proxy_plugins", agent.PluginName)
+	proxy := table(m, "proxy_plugins", agentconfig.PluginName)
 	proxy["type"] = "snapshot"
 	proxy["address"] = o.agent.Socket
 	exports := table(proxy, "exports")
@@ -88,10 +88,10 @@ func mergeContainerd(cur []byte, o mergeOptions) (*merged, error) {
 		cri = table(m, "plugins", criImagesV3)
 		reg = table(cri, "registry")
 	}
-	if s, _ := cri["snapshotter"].(string); s != "" && s != "overlayfs" && s != agent.PluginName {
+	if s, _ := cri["snapshotter"].(string); s != "" && s != "overlayfs" && s != agentconfig.PluginName {
 		res.warnings = append(res.warnings, fmt.Sprintf("CRI snapshotter was %q; s3snap replaces it (layers s3snap cannot serve are unpacked by containerd as usual)", s))
 	}
-	cri["snapshotter"] = agent.PluginName
+	cri["snapshotter"] = agentconfig.PluginName
 	// containerd 1.7's CRI, and 2.x's in its local pull mode, pass layer
 	// labels to snapshotters only with this. Otherwise 2.x's CRI pulls
 	// through the transfer service, which passes them for the proxy
@@ -115,7 +115,7 @@ func mergeContainerd(cur []byte, o mergeOptions) (*merged, error) {
 		entries, _ := tr["unpack_config"].([]any)
 		// Setting unpack_config replaces containerd's default (overlayfs), so
 		// overlayfs goes in too.
-		for _, sn := range []string{"overlayfs", agent.PluginName} {
+		for _, sn := range []string{"overlayfs", agentconfig.PluginName} {
 			if !slices.ContainsFunc(entries, func(e any) bool {
 				em, _ := e.(map[string]any)
 				return em["snapshotter"] == sn && em["platform"] == platform
@@ -141,7 +141,7 @@ func unmergeContainerd(cur []byte, hostsDir string) (*merged, error) {
 	}
 	res := &merged{version: ver}
 	if pp, ok := m["proxy_plugins"].(map[string]any); ok {
-		delete(pp, agent.PluginName)
+		delete(pp, agentconfig.PluginName)
 		if len(pp) == 0 {
 			delete(m, "proxy_plugins")
 		}
@@ -156,14 +156,14 @@ func unmergeContainerd(cur []byte, hostsDir string) (*merged, error) {
 		cri, _ = plugins[criImagesV3].(map[string]any)
 		reg, _ = cri["registry"].(map[string]any)
 	}
-	if cri != nil && cri["snapshotter"] == agent.PluginName {
+	if cri != nil && cri["snapshotter"] == agentconfig.PluginName {
 		delete(cri, "snapshotter")
 	}
 	if tr, ok := plugins[transferPlug].(map[string]any); ok {
 		if entries, ok := tr["unpack_config"].([]any); ok {
 			tr["unpack_config"] = slices.DeleteFunc(entries, func(e any) bool {
 				em, _ := e.(map[string]any)
-				return em["snapshotter"] == agent.PluginName
+				return em["snapshotter"] == agentconfig.PluginName
 			})
 		}
 	}
@@ -222,7 +222,7 @@ func table(m map[string]any, path ...string) map[string]any {
 
 // setConfigPath makes reg's config_path include want (first) and returns
 // the directory hosts.toml files go in: want, else the config's first
-// directory, else agent.DefaultHostsDir.
+// directory, else agentconfig.DefaultHostsDir.
 func setConfigPath(reg map[string]any, want string) string {
 	cur, _ := reg["config_path"].(string)
 	dirs := filepath.SplitList(cur)
@@ -235,8 +235,8 @@ func setConfigPath(reg map[string]any, want string) string {
 	case len(dirs) > 0 && dirs[0] != "":
 		return dirs[0]
 	}
-	reg["config_path"] = agent.DefaultHostsDir
-	return agent.DefaultHostsDir
+	reg["config_path"] = agentconfig.DefaultHostsDir
+	return agentconfig.DefaultHostsDir
 }
 
 func firstConfigPath(reg map[string]any) string {
@@ -244,7 +244,7 @@ func firstConfigPath(reg map[string]any) string {
 	if dirs := filepath.SplitList(cur); len(dirs) > 0 && dirs[0] != "" {
 		return dirs[0]
 	}
-	return agent.DefaultHostsDir
+	return agentconfig.DefaultHostsDir
 }
 
 var versionRE = regexp.MustCompile(`\bv?(\d+)\.(\d+)(\.\d+)?`)
@@ -266,7 +266,7 @@ func splitVersion(v string) (int, int) {
 func containerdVersion(ctx context.Context, o Options) (string, error) {
 	if o.ContainerdVersion != "" {
 		if major, _ := splitVersion(o.ContainerdVersion); major < 1 {
-			return "", fmt.Errorf("%w: --containerd-version %q: want MAJOR.MINOR, like 1.7 or 2.1", ErrInvalid, o.ContainerdVersion)
+			return "", fmt.Errorf("%w: containerd version %q: want MAJOR.MINOR, like 1.7 or 2.1", ErrInvalid, o.ContainerdVersion)
 		}
 		return strings.TrimPrefix(o.ContainerdVersion, "v"), nil
 	}

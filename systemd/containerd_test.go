@@ -10,14 +10,14 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 )
 
 var update = flag.Bool("update", false, "rewrite the shipped example configs from the generator")
 
-func testAgent(t *testing.T) agent.Config {
+func testAgent(t *testing.T) agentconfig.Config {
 	t.Helper()
-	cfg, err := agent.Parse([]byte(AgentSettings{Bucket: "images", Prefix: "ecr",
+	cfg, err := agentconfig.Parse([]byte(AgentSettings{Bucket: "images", Prefix: "ecr",
 		Registries: []string{"123456789012.dkr.ecr.us-east-1.amazonaws.com"}}.render()))
 	if err != nil {
 		t.Fatal(err)
@@ -41,15 +41,7 @@ func get(t *testing.T, data []byte, path ...string) any {
 	if err := toml.Unmarshal(data, &m); err != nil {
 		t.Fatalf("merged config is not TOML: %v\n%s", err, data)
 	}
-	var v any = m
-	for _, k := range path {
-		mm, ok := v.(map[string]any)
-		if !ok {
-			return nil
-		}
-		v = mm[k]
-	}
-	return v
+	return Lookup(m, path...)
 }
 
 func TestMergeContainerd(t *testing.T) {

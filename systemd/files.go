@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/containerd/continuity"
 	"github.com/containerd/log"
 )
 
@@ -96,39 +97,22 @@ func ownerOf(fi os.FileInfo) *fileOwner {
 	return nil
 }
 
-// writeAtomic writes a temporary file next to path, with mode and (if not
-// nil) owner, and renames it over path, so a reader (or a crash) never
-// sees half a file, nor the data under a wider mode.
+// writeAtomic writes data to path with mode through a temporary file and a
+// rename (continuity.AtomicWriteFile), so a reader (or a crash) never sees
+// half a file, nor the data under a wider mode; then gives it owner (if not
+// nil). Until the chown the file is root's, never anyone else's.
 func writeAtomic(path string, data []byte, mode os.FileMode, owner *fileOwner) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
+	if err := continuity.AtomicWriteFile(path, data, mode); err != nil {
 		return err
 	}
-	defer os.Remove(f.Name())
-	// CreateTemp makes it 0600; owner and mode are set before any data
-	// is in it. Chown first: it may clear setuid/setgid bits.
 	if owner != nil {
-		if err := f.Chown(owner.uid, owner.gid); err != nil {
-			f.Close()
+		// Chown may clear setuid/setgid bits: the mode is set again.
+		if err := os.Chown(path, owner.uid, owner.gid); err != nil {
 			return err
 		}
+		return os.Chmod(path, mode)
 	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return nil
 }
 
 // symlink makes node path p a symlink to target (a node path).

@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 )
 
 // modeOwner returns path's permission bits and owner.
@@ -37,7 +37,7 @@ func TestInstallKeepsModeAndOwner(t *testing.T) {
 			ctx := context.Background()
 			root := t.TempDir()
 			cfg := filepath.Join(root, ContainerdCfg)
-			hosts := filepath.Join(root, agent.HostsTOMLPath(agent.DefaultHostsDir, host))
+			hosts := filepath.Join(root, agentconfig.HostsTOMLPath(agentconfig.DefaultHostsDir, host))
 			for path, data := range map[string][]byte{cfg: fixture(t, "containerd-2.x.toml"), hosts: []byte("server = \"https://" + host + "\"\n")} {
 				if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 					t.Fatal(err)
@@ -89,8 +89,8 @@ func TestInstallKeepsModeAndOwner(t *testing.T) {
 			t.Fatal(err)
 		}
 		for path, want := range map[string]os.FileMode{
-			ContainerdCfg: 0o600, agent.DefaultConfigPath: 0o600, BinaryPath: 0o755, UnitPath: 0o644,
-			agent.HostsTOMLPath(agent.DefaultHostsDir, host): 0o644,
+			ContainerdCfg: 0o600, agentconfig.DefaultConfigPath: 0o600, BinaryPath: 0o755, UnitPath: 0o644,
+			agentconfig.HostsTOMLPath(agentconfig.DefaultHostsDir, host): 0o644,
 		} {
 			if m, _, _ := modeOwner(t, filepath.Join(root, path)); m != want {
 				t.Errorf("new %s is %04o, want %04o", path, m, want)

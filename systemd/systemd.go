@@ -4,6 +4,12 @@
 // user's, for containerd 1.7's config version 2 and 2.x's versions 3 and 4)
 // and a hosts.toml per mapped registry putting the agent's mirror first.
 //
+// containerd's config is read as containerd reads it, the files its imports
+// name merged in (LoadContainerd): a drop-in that overrides s3snap's
+// settings is named in the install's warnings, and doctor checks the same
+// merged view. The agent's settings come from agent/config, so installing
+// links neither the agent nor the snapshotter.
+//
 // Every step compares before it writes, so running the installer twice
 // changes nothing the second time; a file it replaces is backed up once, as
 // <file>.pre-s3snap.
@@ -20,7 +26,7 @@ import (
 
 	"github.com/containerd/log"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 )
 
 // The unit files, as shipped in this directory.
@@ -50,7 +56,7 @@ type Options struct {
 	// running one).
 	Binary string
 	// AgentConfigPath is the node path of the agent's config
-	// (default agent.DefaultConfigPath).
+	// (default agentconfig.DefaultConfigPath).
 	AgentConfigPath string
 	// Agent is the agent config to write. Nil keeps the one already at
 	// AgentConfigPath (a re-run after upgrading the binary).
@@ -63,7 +69,7 @@ type Options struct {
 	ContainerdVersion string
 	// HostsDir is the node path of containerd's registry config_path. Empty
 	// keeps the config's own (its first directory), else
-	// agent.DefaultHostsDir.
+	// agentconfig.DefaultHostsDir.
 	HostsDir string
 	// Upstreams maps a registry host to the server URL its hosts.toml falls
 	// back to (default https://HOST).
@@ -104,6 +110,10 @@ func (r *Result) Changed() bool {
 // ErrInvalid is wrapped by errors about the options or the files found.
 var ErrInvalid = errors.New("invalid install")
 
+// ErrNoAgentConfig is returned when no agent settings are given and none
+// are installed yet.
+var ErrNoAgentConfig = fmt.Errorf("%w: no agent settings given and no agent config", ErrInvalid)
+
 func (o *Options) defaults() error {
 	if o.Root == "" {
 		o.Root = "/"
@@ -116,7 +126,7 @@ func (o *Options) defaults() error {
 		o.Root = abs
 	}
 	if o.AgentConfigPath == "" {
-		o.AgentConfigPath = agent.DefaultConfigPath
+		o.AgentConfigPath = agentconfig.DefaultConfigPath
 	}
 	if o.ContainerdConfig == "" {
 		o.ContainerdConfig = ContainerdCfg
@@ -162,6 +172,11 @@ func Install(ctx context.Context, o Options) (*Result, error) {
 	}
 	res.ConfigVersion, res.HostsDir = merged.version, merged.hostsDir
 	res.Warnings = append(res.Warnings, merged.warnings...)
+	overrides, err := importOverrides(o.Root, o.ContainerdConfig, merged.data)
+	if err != nil {
+		return nil, fmt.Errorf("containerd config %s: %w", o.ContainerdConfig, err)
+	}
+	res.Warnings = append(res.Warnings, overrides...)
 
 	bin := o.Binary
 	if bin == "" {
@@ -175,7 +190,7 @@ func Install(ctx context.Context, o Options) (*Result, error) {
 	}
 	service, _ := units.ReadFile("s3snap.service")
 	dropIn, _ := units.ReadFile("containerd-s3snap.conf")
-	service = []byte(strings.ReplaceAll(string(service), agent.DefaultConfigPath, o.AgentConfigPath))
+	service = []byte(strings.ReplaceAll(string(service), agentconfig.DefaultConfigPath, o.AgentConfigPath))
 
 	// A file that exists keeps its mode and owner; the binary is always
 	// 0755. A new containerd config is 0600: only containerd (root) reads
@@ -200,7 +215,7 @@ func Install(ctx context.Context, o Options) (*Result, error) {
 		res.Changes = append(res.Changes, c)
 	}
 	for _, r := range cfg.Registry {
-		c, err := fs.write(agent.HostsTOMLPath(merged.hostsDir, r.Host), hostsTOML(cfg, r.Host, o.Upstreams[r.Host]), fileMode{perm: 0o644, keep: true}, true)
+		c, err := fs.write(agentconfig.HostsTOMLPath(merged.hostsDir, r.Host), hostsTOML(cfg, r.Host, o.Upstreams[r.Host]), fileMode{perm: 0o644, keep: true}, true)
 		if err != nil {
 			return nil, err
 		}
@@ -230,7 +245,7 @@ func Uninstall(ctx context.Context, o Options) (*Result, error) {
 	res := &Result{}
 	var hosts []string
 	if b, err := fs.read(o.AgentConfigPath); err == nil {
-		if cfg, err := agent.Parse(b); err == nil {
+		if cfg, err := agentconfig.Parse(b); err == nil {
 			for _, r := range cfg.Registry {
 				hosts = append(hosts, r.Host)
 			}
@@ -257,10 +272,10 @@ func Uninstall(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	if res.HostsDir == "" {
-		res.HostsDir = agent.DefaultHostsDir
+		res.HostsDir = agentconfig.DefaultHostsDir
 	}
 	for _, h := range hosts {
-		c, err := fs.removeIfOurs(agent.HostsTOMLPath(res.HostsDir, h), hostsMarker)
+		c, err := fs.removeIfOurs(agentconfig.HostsTOMLPath(res.HostsDir, h), hostsMarker)
 		if err != nil {
 			return nil, err
 		}

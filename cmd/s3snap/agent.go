@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 )
 
 const agentLong = `Run the node agent: a containerd snapshotter that fills image layers
@@ -94,7 +95,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 		Example: agentExample,
 		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := agent.Load(configPath)
+			cfg, err := agentconfig.Load(configPath)
 			if err != nil {
 				return err
 			}
@@ -109,16 +110,16 @@ func newAgentCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&configPath, "config", agent.DefaultConfigPath, "agent config file (TOML)")
+	f.StringVar(&configPath, "config", agentconfig.DefaultConfigPath, "agent config file (TOML)")
 	f.BoolVar(&printConfig, "print-containerd-config", false, "print the containerd config and hosts.toml files the loaded config needs, and exit")
-	f.StringVar(&hostsDir, "hosts-dir", agent.DefaultHostsDir, "containerd registry config_path, for --print-containerd-config")
+	f.StringVar(&hostsDir, "hosts-dir", agentconfig.DefaultHostsDir, "containerd registry config_path, for --print-containerd-config")
 	return cmd
 }
 
-func printContainerdConfig(g *globals, cfg agent.Config, hostsDir string) {
+func printContainerdConfig(g *globals, cfg agentconfig.Config, hostsDir string) {
 	w := g.stdout
-	fmt.Fprintf(w, "# containerd config.toml (version 3), s3snap's part:\n\n%s", agent.ContainerdConfig(cfg, agent.ContainerdOptions{HostsDir: hostsDir, CRI: true}))
+	fmt.Fprintf(w, "# containerd config.toml (version 3), s3snap's part:\n\n%s", agentconfig.ContainerdConfig(cfg, agentconfig.ContainerdOptions{HostsDir: hostsDir, CRI: true}))
 	for _, r := range cfg.Registry {
-		fmt.Fprintf(w, "\n# %s\n%s", agent.HostsTOMLPath(hostsDir, r.Host), agent.HostsTOML(cfg, r.Host, ""))
+		fmt.Fprintf(w, "\n# %s\n%s", agentconfig.HostsTOMLPath(hostsDir, r.Host), agentconfig.HostsTOML(cfg, r.Host, ""))
 	}
 }

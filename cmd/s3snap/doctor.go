@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 	"github.com/s3snap/s3snap/doctor"
 	"github.com/s3snap/s3snap/systemd"
 )
@@ -66,7 +66,7 @@ func newDoctorCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.AgentConfig, "config", agent.DefaultConfigPath, "the agent's config")
+	f.StringVar(&o.AgentConfig, "config", agentconfig.DefaultConfigPath, "the agent's config")
 	f.StringVar(&o.ContainerdConfig, "containerd-config", systemd.ContainerdCfg, "containerd's config")
 	f.StringVar(&o.ContainerdAddress, "containerd-address", doctor.DefaultContainerdAddress, "containerd's gRPC socket")
 	f.DurationVar(&o.Timeout, "timeout", 10*time.Second, "time limit of each network check")

@@ -1,12 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/spf13/cobra"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 	"github.com/s3snap/s3snap/systemd"
 )
 
@@ -108,6 +109,9 @@ func newInstallCmd(g *globals) *cobra.Command {
 				run = systemd.Uninstall
 			}
 			res, err := run(cmd.Context(), o)
+			if errors.Is(err, systemd.ErrNoAgentConfig) {
+				return usagef("%w: give --bucket and --registry", err)
+			}
 			if err != nil {
 				return err
 			}
@@ -127,6 +131,9 @@ func newInstallCmd(g *globals) *cobra.Command {
 			}
 			for _, warn := range res.Warnings {
 				fmt.Fprintln(g.stderr, "warning:", warn)
+			}
+			if res.ContainerdVersion == "" && !uninstall {
+				fmt.Fprintln(g.stderr, "hint: pass --containerd-version if containerd is 2.1 or newer")
 			}
 			verb := "installed"
 			if uninstall {
@@ -151,15 +158,15 @@ func newInstallCmd(g *globals) *cobra.Command {
 	f.StringVar(&s.Bucket, "bucket", "", "bucket holding the images")
 	f.StringVar(&s.Prefix, "prefix", "", "key prefix of the store in the bucket")
 	f.StringArrayVar(&registries, "registry", nil, "registry host whose images are in the bucket (repeatable); HOST=https://SERVER sets the upstream hosts.toml falls back to")
-	f.StringVar(&s.Socket, "socket", "", "agent gRPC socket (default "+agent.DefaultSocket+")")
-	f.StringVar(&s.Root, "state-dir", "", "agent state directory (default "+agent.DefaultRoot+")")
-	f.StringVar(&s.Mirror, "mirror-address", "", "loopback mirror address (default "+agent.DefaultMirrorAddress+")")
-	f.StringVar(&s.Metrics, "metrics-address", "", "loopback metrics address (default "+agent.DefaultMetricsAddress+")")
+	f.StringVar(&s.Socket, "socket", "", "agent gRPC socket (default "+agentconfig.DefaultSocket+")")
+	f.StringVar(&s.Root, "state-dir", "", "agent state directory (default "+agentconfig.DefaultRoot+")")
+	f.StringVar(&s.Mirror, "mirror-address", "", "loopback mirror address (default "+agentconfig.DefaultMirrorAddress+")")
+	f.StringVar(&s.Metrics, "metrics-address", "", "loopback metrics address (default "+agentconfig.DefaultMetricsAddress+")")
 	f.BoolVar(&s.Lazy, "lazy", false, "turn on lazy (FUSE) mounts for layers indexed by 's3snap index'")
-	f.StringVar(&o.AgentConfigPath, "config", agent.DefaultConfigPath, "where the agent's config goes (node path)")
+	f.StringVar(&o.AgentConfigPath, "config", agentconfig.DefaultConfigPath, "where the agent's config goes (node path)")
 	f.StringVar(&o.ContainerdConfig, "containerd-config", systemd.ContainerdCfg, "containerd's config (node path)")
 	f.StringVar(&o.ContainerdVersion, "containerd-version", "", "containerd version, e.g. 1.7 or 2.1 (default: ask the containerd binary in the root)")
-	f.StringVar(&o.HostsDir, "hosts-dir", "", "containerd registry config_path for the hosts.toml files (default: the config's, else "+agent.DefaultHostsDir+")")
+	f.StringVar(&o.HostsDir, "hosts-dir", "", "containerd registry config_path for the hosts.toml files (default: the config's, else "+agentconfig.DefaultHostsDir+")")
 	f.StringVar(&o.Binary, "binary", "", "s3snap binary to install (default: this one)")
 	return cmd
 }

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 	"github.com/s3snap/s3snap/migrator"
 )
 
@@ -53,7 +53,7 @@ func (l *limitFlags) parse() (*migrator.Bandwidth, *migrator.RequestRate, error)
 // parseRate reads a byte rate: a size as agent config files write it
 // (50MiB, 100MB, 1048576), with an optional "/s".
 func parseRate(s string) (int64, error) {
-	var n agent.Size
+	var n agentconfig.Size
 	if err := n.UnmarshalText([]byte(strings.TrimSuffix(strings.TrimSpace(s), "/s"))); err != nil {
 		return 0, err
 	}

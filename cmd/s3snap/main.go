@@ -1,7 +1,8 @@
 // Command s3snap keeps container images in S3, in CNCF Distribution's exact
 // layout: it pushes OCI image layouts into a bucket, lists and inspects what
 // a bucket holds, and (in later commands) migrates registries and runs the
-// node agent. This package is CLI wiring only: flags, output and exit codes.
+// node agent. This package is CLI wiring only: flags, output and exit codes;
+// advice that names a flag is given here, never by the library packages.
 package main
 
 import (

@@ -132,13 +132,24 @@ func newRewriteCmd(g *globals) *cobra.Command {
 				pins, err := rewrite.LoadPins(pinPath)
 				switch {
 				case errors.Is(err, rewrite.ErrNotVerifyReport):
-					return usagef("--pin-digests: %w", err)
+					return usagef("--pin-digests: %w: give the output of s3snap verify -o json or its --report file", err)
 				case err != nil:
 					return fmt.Errorf("--pin-digests: %w", err)
 				}
 				opts = append(opts, rewrite.WithPins(pins))
 			}
+			// The flags are named here: the library speaks of source and
+			// destination.
+			if _, err := rewrite.ParseLocation(from); err != nil {
+				return usagef("--from: %w", err)
+			}
+			if _, err := rewrite.ParseLocation(to); err != nil {
+				return usagef("--to: %w", err)
+			}
 			rw, err := rewrite.New(from, to, opts...)
+			if errors.Is(err, rewrite.ErrOverlap) {
+				return usagef("--from lies inside --to: %w", err)
+			}
 			if err != nil {
 				return asUsage(err)
 			}

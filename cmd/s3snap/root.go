@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -181,6 +182,9 @@ func (g *globals) client(ctx context.Context) (*s3.Client, error) {
 		"path-style": cfg.PathStyle,
 	}).Debug("s3 client")
 	c, err := fetcher.NewClient(ctx, cfg)
+	if errors.Is(err, fetcher.ErrNoRegion) {
+		return nil, fmt.Errorf("s3 client: %w (give --region or set AWS_REGION)", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("s3 client: %w", err)
 	}

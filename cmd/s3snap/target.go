@@ -88,6 +88,9 @@ func (g *globals) locate(ctx context.Context, u store.URL, prefix *string, creat
 		if errors.Is(err, store.ErrNotFound) && create {
 			pfx, repo, err = "", u.Path, nil
 		}
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("%w (or give it with --prefix)", err)
+		}
 		if err != nil {
 			return nil, err
 		}

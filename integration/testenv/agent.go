@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/s3snap/s3snap/agent"
+	agentconfig "github.com/s3snap/s3snap/agent/config"
 )
 
 // Agent is an `s3snap agent` a test started as a subprocess, with its own
@@ -25,7 +25,7 @@ type Agent struct {
 	*Process
 	Dir         string // private directory holding everything below
 	ConfigPath  string // the generated config.toml
-	Config      agent.Config
+	Config      agentconfig.Config
 	Root        string // snapshotter state
 	Socket      string // snapshotter gRPC socket
 	MirrorAddr  string // 127.0.0.1:port
@@ -79,7 +79,7 @@ func StartAgent(t testing.TB, opts AgentOptions) *Agent {
 		t:           t,
 	}
 	if opts.ConfigPath != "" {
-		cfg, err := agent.Load(opts.ConfigPath)
+		cfg, err := agentconfig.Load(opts.ConfigPath)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -99,7 +99,7 @@ func StartAgent(t testing.TB, opts AgentOptions) *Agent {
 	if err := os.WriteFile(a.ConfigPath, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if a.Config, err = agent.Load(a.ConfigPath); err != nil {
+	if a.Config, err = agentconfig.Load(a.ConfigPath); err != nil {
 		t.Fatalf("generated agent config: %v", err)
 	}
 	a.env = agentEnv(opts)
@@ -150,14 +150,14 @@ func (a *Agent) ContainerdConfig(upstreamHost string) string {
 	if strings.HasPrefix(upstreamHost, "127.0.0.1:") || strings.HasPrefix(upstreamHost, "localhost:") {
 		server = "http://" + upstreamHost
 	}
-	path := agent.HostsTOMLPath(a.HostsDir, upstreamHost)
+	path := agentconfig.HostsTOMLPath(a.HostsDir, upstreamHost)
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(path, []byte(agent.HostsTOML(a.Config, upstreamHost, server)), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(agentconfig.HostsTOML(a.Config, upstreamHost, server)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return agent.ContainerdConfig(a.Config, agent.ContainerdOptions{HostsDir: a.HostsDir, CRI: true})
+	return agentconfig.ContainerdConfig(a.Config, agentconfig.ContainerdOptions{HostsDir: a.HostsDir, CRI: true})
 }
 
 // ContainerdConfigFor is ContainerdConfig for containerd version (see
@@ -186,7 +186,7 @@ func (a *Agent) ContainerdConfigFor(version, upstreamHost string) string {
 
 [plugins."io.containerd.grpc.v1.cri".registry]
   config_path = %[4]q
-`, agent.PluginName, a.Config.Socket, a.Config.Root, a.HostsDir)
+`, agentconfig.PluginName, a.Config.Socket, a.Config.Root, a.HostsDir)
 }
 
 // Metric returns the sum of the agent's metric name over the series whose
@@ -226,7 +226,7 @@ func (a *Agent) Metric(t testing.TB, name string, labels ...string) float64 {
 }
 
 // Health returns the agent's /healthz status code and body.
-func (a *Agent) Health(t testing.TB) (int, agent.Health) {
+func (a *Agent) Health(t testing.TB) (int, agentconfig.Health) {
 	t.Helper()
 	resp, err := http.Get("http://" + a.MetricsAddr + "/healthz")
 	if err != nil {
@@ -234,7 +234,7 @@ func (a *Agent) Health(t testing.TB) (int, agent.Health) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	var h agent.Health
+	var h agentconfig.Health
 	if err := json.Unmarshal(b, &h); err != nil {
 		t.Fatalf("agent healthz body %q: %v", b, err)
 	}

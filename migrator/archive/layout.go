@@ -27,7 +27,7 @@ const annotationContainerdName = "io.containerd.image.name"
 
 // ErrRefNotFound is returned when an OCI layout holds no manifest with the
 // asked-for name.
-var ErrRefNotFound = errors.New("no such reference in OCI layout")
+var ErrRefNotFound = fmt.Errorf("no such reference in OCI layout: %w", store.ErrNotFound)
 
 // Layout is an OCI image layout directory (what `crane pull --format oci` or
 // `docker buildx build --output type=oci,tar=false` write) as a Source.

@@ -1,4 +1,10 @@
-package agent
+// Package config is the node agent's configuration and what other node
+// tools read of the agent without linking it: the TOML config file (parse,
+// defaults, validation, regional stores), the containerd and hosts.toml
+// snippets it needs, and the /healthz body. systemd (install) and doctor
+// import this package, not the agent, so they link neither the snapshotter
+// nor go-fuse.
+package config
 
 import (
 	"bytes"
