@@ -10,10 +10,11 @@ import (
 	"path/filepath"
 	"sync"
 
-	"github.com/containerd/continuity"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/s3snap/s3snap/internal/atomicfile"
 )
 
 // Cache keeps verified, uncompressed chunks on local disk, one file per
@@ -151,13 +152,14 @@ func (c *Cache) decode(d digest.Digest, size int64, frame []byte) ([]byte, error
 	return data, nil
 }
 
-// store writes a verified chunk atomically.
+// store writes a verified chunk atomically, without an fsync: a chunk file
+// a crash left short is found and dropped when it is next read (check).
 func (c *Cache) store(d digest.Digest, data []byte) error {
 	p := c.path(d)
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return fmt.Errorf("chunk cache: %w", err)
 	}
-	if err := continuity.AtomicWriteFile(p, data, 0o600); err != nil {
+	if err := atomicfile.Write(p, data, 0o600, atomicfile.NoSync()); err != nil {
 		return fmt.Errorf("chunk cache: write %s: %w", d, err)
 	}
 	return nil

@@ -10,8 +10,9 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/containerd/continuity"
 	"github.com/containerd/log"
+
+	"github.com/s3snap/s3snap/internal/atomicfile"
 )
 
 // Files expands paths: a file is taken as given (whatever its name), a
@@ -84,10 +85,7 @@ func writeAtomic(path string, b []byte) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := continuity.AtomicWriteFile(real, b, fi.Mode().Perm()); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return atomicfile.Write(real, b, fi.Mode().Perm())
 }
 
 // Diff is the unified diff from the old bytes to the new, "" if none.

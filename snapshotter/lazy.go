@@ -11,12 +11,12 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/containerd/continuity"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/s3snap/s3snap/internal/atomicfile"
 	"github.com/s3snap/s3snap/lazy"
 	"github.com/s3snap/s3snap/lazy/mount"
 	"github.com/s3snap/s3snap/store"
@@ -217,7 +217,7 @@ func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string
 		return err
 	}
 	tocDigest := digest.FromBytes(raw)
-	if err := continuity.AtomicWriteFile(l.tocPath(tocDigest), raw, 0o600); err != nil {
+	if err := atomicfile.Write(l.tocPath(tocDigest), raw, 0o600); err != nil {
 		return fmt.Errorf("keep toc of %s: %w", r.layer, err)
 	}
 

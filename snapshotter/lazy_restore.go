@@ -11,12 +11,12 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/containerd/continuity"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/s3snap/s3snap/internal/atomicfile"
 	"github.com/s3snap/s3snap/lazy"
 	"github.com/s3snap/s3snap/store"
 )
@@ -226,7 +226,7 @@ func (l *lazyProvider) remountLazy(ctx context.Context, rec lazyRecord) (retErr 
 			if rec.TOC != "" && digest.FromBytes(raw) != rec.TOC {
 				err = fmt.Errorf("the bucket's toc of %s is not the one checked when it was provided: %w", rec.Layer, lazy.ErrInvalidIndex)
 			} else {
-				err = continuity.AtomicWriteFile(path, raw, 0o600)
+				err = atomicfile.Write(path, raw, 0o600)
 			}
 		}
 	}
@@ -256,7 +256,7 @@ func (l *lazyProvider) writeRecord(rec lazyRecord) error {
 	if err != nil {
 		return err
 	}
-	if err := continuity.AtomicWriteFile(l.recordPath(rec.Name), b, 0o600); err != nil {
+	if err := atomicfile.Write(l.recordPath(rec.Name), b, 0o600); err != nil {
 		return fmt.Errorf("lazy mount record: %w", err)
 	}
 	return nil

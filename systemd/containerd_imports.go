@@ -26,12 +26,21 @@ type ContainerdEffective struct {
 	Imports []string
 	// setBy records, per dotted key path, the last file that set it.
 	setBy map[string]string
+	// daemonMajor is the containerd major version that reads it.
+	daemonMajor int
 }
 
 // SetBy returns the file (a node path) whose value of the key at path is
 // the effective one, "" if no file sets it.
 func (e *ContainerdEffective) SetBy(path ...string) string {
-	return e.setBy[strings.Join(path, "\x00")]
+	// A key a file removed (a whole table replaced) is its nearest
+	// ancestor's doing.
+	for n := len(path); n > 0; n-- {
+		if f, ok := e.setBy[strings.Join(path[:n], "\x00")]; ok {
+			return f
+		}
+	}
+	return ""
 }
 
 // Lookup returns the effective value at path, nil if unset.
@@ -60,22 +69,42 @@ func CRISnapshotterPath(ver int) []string {
 	return []string{"plugins", criImagesV3, "snapshotter"}
 }
 
+// LoadOption adjusts LoadContainerd.
+type LoadOption func(*ContainerdEffective)
+
+// WithDaemonMajor says which containerd will read the config (1 for 1.x,
+// 2 for 2.x). Without it, a version 2 config is taken to be read by 1.x
+// (what most nodes with one run) and a version 3 one by 2.x.
+func WithDaemonMajor(major int) LoadOption {
+	return func(e *ContainerdEffective) { e.daemonMajor = major }
+}
+
 // LoadContainerd reads containerd's config the way containerd's loader
-// (cmd/containerd/server/config.LoadConfig, 1.7 and 2.x alike) does: main
-// (the bytes of the file at node path path) first, then each file its
-// top-level imports names, then theirs, each file once. An import is
-// relative to the directory of the file naming it, and with a '*' a glob.
-// Later files win: tables merge key by key, any other value is replaced,
-// and a proxy_plugins entry is replaced whole. Files are read under root
-// (an image tree, or "/"). A version 2 file imported into a version 3
-// config is merged as it is: the daemon's plugin migrations are not
-// repeated here.
-func LoadContainerd(root, path string, main []byte) (*ContainerdEffective, error) {
+// (cmd/containerd/server/config.LoadConfig) does: main (the bytes of the
+// file at node path path) first, then each file its top-level imports
+// names, then theirs, each file once. An import is relative to the
+// directory of the file naming it, and with a '*' a glob. Later files win:
+// tables merge key by key, any other value is replaced, and a proxy_plugins
+// entry is replaced whole; containerd 1.x also replaces a plugins entry
+// whole (its merge is per plugin, containerd/containerd#5837; 2.0 merges
+// deeper). Files are read under root (an image tree, or "/"). A version 2
+// file imported into a version 3 config is merged as it is: the daemon's
+// plugin migrations are not repeated here.
+func LoadContainerd(root, path string, main []byte, opts ...LoadOption) (*ContainerdEffective, error) {
 	m, ver, err := parseContainerd(main)
 	if err != nil {
 		return nil, err
 	}
 	e := &ContainerdEffective{Config: map[string]any{}, Version: ver, setBy: map[string]string{}}
+	for _, opt := range opts {
+		opt(e)
+	}
+	if e.daemonMajor == 0 {
+		e.daemonMajor = 2
+		if ver == 2 {
+			e.daemonMajor = 1
+		}
+	}
 	loaded := map[string]bool{path: true}
 	pending, err := resolveImports(root, path, m["imports"])
 	if err != nil {
@@ -122,6 +151,17 @@ func (e *ContainerdEffective) merge(file string, src map[string]any) {
 			dst := table(e.Config, "proxy_plugins")
 			for name, p := range pp {
 				dst[name] = p // replaced whole
+				e.record(file, []string{k, name}, p)
+			}
+		case "plugins":
+			if e.daemonMajor >= 2 {
+				e.Config[k] = e.mergeValue(file, []string{k}, e.Config[k], v)
+				continue
+			}
+			pp, _ := v.(map[string]any)
+			dst := table(e.Config, "plugins")
+			for name, p := range pp {
+				dst[name] = p // 1.x: a plugin's table replaced whole
 				e.record(file, []string{k, name}, p)
 			}
 		default:
@@ -204,8 +244,8 @@ func resolveImports(root, parent string, v any) ([]string, error) {
 // imports included, and names each of s3snap's settings a drop-in
 // overrides: containerd would not use the agent, whatever the main file
 // says.
-func importOverrides(root, path string, main []byte) ([]string, error) {
-	e, err := LoadContainerd(root, path, main)
+func importOverrides(root, path string, main []byte, opts ...LoadOption) ([]string, error) {
+	e, err := LoadContainerd(root, path, main, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -38,6 +38,7 @@ func TestLoadContainerdImports(t *testing.T) {
 		setBy   string
 		imports int
 		err     error
+		opts    []LoadOption
 	}{
 		{
 			name: "a drop-in overrides the snapshotter",
@@ -78,7 +79,7 @@ func TestLoadContainerdImports(t *testing.T) {
 				main:          "version = 3\nimports = ['/etc/p.toml']\n[proxy_plugins.s3snap]\ntype = 'snapshot'\naddress = '/run/s3snap/s3snap.sock'\n[proxy_plugins.s3snap.exports]\nroot = '/var/lib/s3snap'\n",
 				"/etc/p.toml": "version = 3\n[proxy_plugins.s3snap]\naddress = '/elsewhere.sock'\n",
 			},
-			key: []string{"proxy_plugins", "s3snap", "exports"}, want: nil, setBy: "", imports: 1,
+			key: []string{"proxy_plugins", "s3snap", "exports"}, want: nil, setBy: "/etc/p.toml", imports: 1,
 		},
 		{
 			name: "an import cycle ends",
@@ -87,6 +88,25 @@ func TestLoadContainerdImports(t *testing.T) {
 				"/etc/a.toml": "version = 3\nimports = ['/etc/containerd/config.toml', '/etc/a.toml']\n" + "[plugins.'io.containerd.cri.v1.images']\nsnapshotter = 's3snap'\n",
 			},
 			key: CRISnapshotterPath(3), want: "s3snap", setBy: "/etc/a.toml", imports: 1,
+		},
+		{
+			// containerd 1.x merges imports per plugin: a drop-in that
+			// only sets the CRI's registry replaces its whole table, and
+			// with it the snapshotter (containerd/containerd#5837).
+			name: "containerd 1.x: a plugin's table replaced whole",
+			files: map[string]string{
+				main:            "version = 2\nimports = ['/etc/reg.toml']\n[plugins.'io.containerd.grpc.v1.cri'.containerd]\nsnapshotter = 's3snap'\n",
+				"/etc/reg.toml": "version = 2\n[plugins.'io.containerd.grpc.v1.cri'.registry]\nconfig_path = '/etc/containerd/certs.d'\n",
+			},
+			key: CRISnapshotterPath(2), want: nil, setBy: "/etc/reg.toml", imports: 1,
+		},
+		{
+			name: "containerd 2.x reading a version 2 config merges deeper",
+			files: map[string]string{
+				main:            "version = 2\nimports = ['/etc/reg.toml']\n[plugins.'io.containerd.grpc.v1.cri'.containerd]\nsnapshotter = 's3snap'\n",
+				"/etc/reg.toml": "version = 2\n[plugins.'io.containerd.grpc.v1.cri'.registry]\nconfig_path = '/etc/containerd/certs.d'\n",
+			},
+			key: CRISnapshotterPath(2), want: "s3snap", setBy: main, imports: 1, opts: []LoadOption{WithDaemonMajor(2)},
 		},
 		{
 			name:  "a missing import is an error, as in containerd",
@@ -102,7 +122,7 @@ func TestLoadContainerdImports(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
 			writeTree(t, root, tc.files)
-			e, err := LoadContainerd(root, main, []byte(tc.files[main]))
+			e, err := LoadContainerd(root, main, []byte(tc.files[main]), tc.opts...)
 			if tc.err != nil {
 				if !errors.Is(err, tc.err) {
 					t.Fatalf("err = %v, want %v", err, tc.err)

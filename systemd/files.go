@@ -11,8 +11,9 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/containerd/continuity"
 	"github.com/containerd/log"
+
+	"github.com/s3snap/s3snap/internal/atomicfile"
 )
 
 // tree reads and writes node paths below a root, comparing before writing.
@@ -97,22 +98,15 @@ func ownerOf(fi os.FileInfo) *fileOwner {
 	return nil
 }
 
-// writeAtomic writes data to path with mode through a temporary file and a
-// rename (continuity.AtomicWriteFile), so a reader (or a crash) never sees
-// half a file, nor the data under a wider mode; then gives it owner (if not
-// nil). Until the chown the file is root's, never anyone else's.
+// writeAtomic writes data to path with mode and owner (if not nil) through
+// atomicfile: a reader (or a crash) never sees half a file, nor the data
+// under another mode or owner.
 func writeAtomic(path string, data []byte, mode os.FileMode, owner *fileOwner) error {
-	if err := continuity.AtomicWriteFile(path, data, mode); err != nil {
-		return err
-	}
+	var opts []atomicfile.Option
 	if owner != nil {
-		// Chown may clear setuid/setgid bits: the mode is set again.
-		if err := os.Chown(path, owner.uid, owner.gid); err != nil {
-			return err
-		}
-		return os.Chmod(path, mode)
+		opts = append(opts, atomicfile.WithOwner(owner.uid, owner.gid))
 	}
-	return nil
+	return atomicfile.Write(path, data, mode, opts...)
 }
 
 // symlink makes node path p a symlink to target (a node path).

@@ -172,7 +172,8 @@ func Install(ctx context.Context, o Options) (*Result, error) {
 	}
 	res.ConfigVersion, res.HostsDir = merged.version, merged.hostsDir
 	res.Warnings = append(res.Warnings, merged.warnings...)
-	overrides, err := importOverrides(o.Root, o.ContainerdConfig, merged.data)
+	major, _ := splitVersion(res.ContainerdVersion)
+	overrides, err := importOverrides(o.Root, o.ContainerdConfig, merged.data, WithDaemonMajor(major))
 	if err != nil {
 		return nil, fmt.Errorf("containerd config %s: %w", o.ContainerdConfig, err)
 	}

@@ -7,10 +7,10 @@ import (
 	"io"
 	"time"
 
-	"github.com/containerd/continuity"
 	"github.com/containerd/log"
 	"github.com/spf13/cobra"
 
+	"github.com/s3snap/s3snap/internal/atomicfile"
 	"github.com/s3snap/s3snap/migrator"
 )
 
@@ -189,7 +189,7 @@ func writeReport(path string, rep *migrator.Report) error {
 	if err != nil {
 		return err
 	}
-	if err := continuity.AtomicWriteFile(path, append(b, '\n'), 0o644); err != nil {
+	if err := atomicfile.Write(path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
