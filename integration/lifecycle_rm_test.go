@@ -155,4 +155,45 @@ func TestLifecycleRemove(t *testing.T) {
 			t.Errorf("tags left: %v, %v", tags, err)
 		}
 	})
+
+	// A platform of a tagged multi-arch index is refused, as ECR refuses
+	// it (ImageReferencedByManifestList): the tag would resolve to an
+	// index with a platform missing. --force removes it anyway.
+	t.Run("platform of a tagged index", func(t *testing.T) {
+		tmp := t.TempDir()
+		c := &cliRunner{
+			bin:      buildCLI(t, tmp),
+			endpoint: e.Endpoint,
+			env: []string{
+				"AWS_ACCESS_KEY_ID=" + e.AccessKey, "AWS_SECRET_ACCESS_KEY=" + e.SecretKey, "AWS_REGION=" + e.Region,
+				"AWS_CONFIG_FILE=" + filepath.Join(tmp, "none"), "AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(tmp, "none"),
+			},
+		}
+		const multi = "team/multi"
+		amd := testenv.NewImage(t, hostPlatform(), []testenv.File{{Name: "a", Data: []byte("amd\n")}})
+		arm := testenv.NewImage(t, otherPlatform(), []testenv.File{{Name: "b", Data: []byte("arm\n")}})
+		testenv.PutImage(t, st, multi, amd)
+		testenv.PutImage(t, st, multi, arm)
+		idx, err := st.PutManifest(ctx, multi, testenv.NewIndex(t, amd, arm))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Tag(ctx, multi, "latest", idx); err != nil {
+			t.Fatal(err)
+		}
+		base := "s3://" + bucket + "/pfx/" + multi
+		if err := lifecycle.CheckUnreferenced(ctx, st, multi, arm.Digest); !errors.Is(err, lifecycle.ErrReferenced) {
+			t.Errorf("CheckUnreferenced(a platform of latest) = %v, want ErrReferenced", err)
+		}
+		c.fails(t, 1, []string{"rm", base + "@" + arm.Digest.String()}, "latest", "--force")
+		if _, err := st.GetManifest(ctx, multi, arm.Digest); err != nil {
+			t.Fatalf("a refused rm removed the platform: %v", err)
+		}
+		c.ok(t, "rm", "--force", base+"@"+arm.Digest.String())
+		if _, err := st.GetManifest(ctx, multi, arm.Digest); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("rm --force left the platform: %v", err)
+		}
+		// The index itself is no platform of anything: removed as usual.
+		c.ok(t, "rm", base+"@"+idx.String())
+	})
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -12,6 +13,7 @@ func newRmCmd(g *globals) *cobra.Command {
 	var (
 		prefix prefixFlag
 		dryRun bool
+		force  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "rm s3://BUCKET[/PREFIX]/REPOSITORY:TAG | s3://BUCKET[/PREFIX]/REPOSITORY@sha256:DIGEST",
@@ -32,8 +34,10 @@ blobs can be shared with other tags and repositories; run s3snap gc to
 reclaim the space of what no tag reaches any more.
 
 A URL naming a repository or bucket without a tag or digest is refused: rm
-never removes more than one image. --dry-run prints what would go and deletes
-nothing. With -o json the result is {"repository", "digest", "tags", "keys"}.`,
+never removes more than one image. Nor does it remove a manifest that an
+index tagged in the same repository lists (a platform of a multi-arch tag),
+as ECR refuses to: remove that tag first, or give --force. --dry-run prints
+what would go and deletes nothing. With -o json the result is {"repository", "digest", "tags", "keys"}.`,
 		Example: `  # Remove a tag; the image stays reachable by digest until gc
   s3snap rm s3://my-images/team/app:v1
 
@@ -65,6 +69,14 @@ nothing. With -o json the result is {"repository", "digest", "tags", "keys"}.`,
 			}
 			var r lifecycle.Removal
 			if u.Digest != "" {
+				if !force {
+					if err := lifecycle.CheckUnreferenced(ctx, loc.store, loc.repo, u.Digest); err != nil {
+						if errors.Is(err, lifecycle.ErrReferenced) {
+							return fmt.Errorf("%w (remove that tag first, or --force to break it)", err)
+						}
+						return err
+					}
+				}
 				r, err = lifecycle.RemoveManifest(ctx, loc.store, loc.repo, u.Digest, dryRun)
 			} else {
 				r, err = lifecycle.RemoveTag(ctx, loc.store, loc.repo, u.Tag, dryRun)
@@ -98,5 +110,6 @@ nothing. With -o json the result is {"repository", "digest", "tags", "keys"}.`,
 	}
 	prefix.register(cmd)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be removed, delete nothing")
+	cmd.Flags().BoolVar(&force, "force", false, "remove a manifest even if a tagged index lists it (that tag then lacks a platform)")
 	return cmd
 }
