@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -405,21 +406,13 @@ func testHostile(t *testing.T, h *hostileEnv) {
 
 	t.Run("agent SIGKILLed mid-pull and restarted", func(t *testing.T) {
 		files := map[string][]byte{"/data/k1": pseudoRandom(91, 2<<20), "/data/k2": pseudoRandom(92, 2<<20)}
-		var layers [][]byte
-		var ids []digest.Digest
-		for name, data := range files {
-			gz, id := testenv.LayerTar(t, []testenv.File{{Name: strings.TrimPrefix(name, "/"), Data: data}})
-			layers, ids = append(layers, gz), append(ids, id)
-		}
-		ref := h.addIndexed(t, next(), runnable(t, layers, ids))
+		ref := h.addIndexed(t, next(), fileLayers(t, files))
 		kill := h.proxy.Add(faultproxy.Rule{
 			Method: http.MethodGet,
-			Match: func(r *http.Request) bool {
-				return strings.Contains(r.URL.Path, "/blobs/") || strings.Contains(r.URL.Path, "/s3snap/lazy/")
-			},
-			Nth:   2,
-			Fault: faultproxy.Pass,
-			Hook:  func(*http.Request) { h.agent.Kill() },
+			Match:  layerData,
+			Nth:    2,
+			Fault:  faultproxy.Pass,
+			Hook:   func(*http.Request) { h.agent.Kill() },
 		})
 		out, err := h.pullErr(t, ref)
 		if kill.Fired() != 1 {
@@ -436,21 +429,13 @@ func testHostile(t *testing.T, h *hostileEnv) {
 	// Last: the proxy stays closed.
 	t.Run("S3 stopped mid-pull", func(t *testing.T) {
 		files := map[string][]byte{"/data/s1": pseudoRandom(101, 2<<20), "/data/s2": pseudoRandom(102, 2<<20), "/data/s3": pseudoRandom(103, 2<<20)}
-		var layers [][]byte
-		var ids []digest.Digest
-		for _, name := range []string{"/data/s1", "/data/s2", "/data/s3"} {
-			gz, id := testenv.LayerTar(t, []testenv.File{{Name: strings.TrimPrefix(name, "/"), Data: files[name]}})
-			layers, ids = append(layers, gz), append(ids, id)
-		}
-		ref := h.addIndexed(t, next(), runnable(t, layers, ids))
+		ref := h.addIndexed(t, next(), fileLayers(t, files))
 		down := h.proxy.Add(faultproxy.Rule{
 			Method: http.MethodGet,
-			Match: func(r *http.Request) bool {
-				return strings.Contains(r.URL.Path, "/blobs/") || strings.Contains(r.URL.Path, "/s3snap/lazy/")
-			},
-			Nth:   3,
-			Fault: faultproxy.Reset,
-			Hook:  func(*http.Request) { go h.proxy.Close() },
+			Match:  layerData,
+			Nth:    3,
+			Fault:  faultproxy.Reset,
+			Hook:   func(*http.Request) { go h.proxy.Close() },
 		})
 		start := time.Now()
 		out, err := h.pullErr(t, ref)
@@ -475,6 +460,28 @@ func testHostile(t *testing.T, h *hostileEnv) {
 		}
 		h.checkSafe(t, pid)
 	})
+}
+
+// layerData matches S3 reads of layer blobs and lazy indexes.
+func layerData(r *http.Request) bool {
+	return strings.Contains(r.URL.Path, "/blobs/") || strings.Contains(r.URL.Path, "/s3snap/lazy/")
+}
+
+// fileLayers is a runnable image with one layer per file, in name order.
+func fileLayers(t *testing.T, files map[string][]byte) *testenv.Image {
+	t.Helper()
+	names := make([]string, 0, len(files))
+	for name := range files {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	var layers [][]byte
+	var ids []digest.Digest
+	for _, name := range names {
+		gz, id := testenv.LayerTar(t, []testenv.File{{Name: strings.TrimPrefix(name, "/"), Data: files[name]}})
+		layers, ids = append(layers, gz), append(ids, id)
+	}
+	return runnable(t, layers, ids)
 }
 
 func encodeTOC(t *testing.T, toc *lazy.TOC) []byte {

@@ -284,9 +284,15 @@ func (s *Store) stat(ctx context.Context, key, what string) (size int64, etag st
 	return *out.ContentLength, aws.ToString(out.ETag), nil
 }
 
-// list returns every key under prefix (no delimiter).
-func (s *Store) list(ctx context.Context, prefix string, fn func(key string) error) error {
-	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix})
+// pages calls fn with each page of a ListObjectsV2 of prefix (with
+// delimiter, if not ""), through the store's request path: the one
+// paginated listing every walk of the bucket uses.
+func (s *Store) pages(ctx context.Context, prefix, delimiter string, fn func(*s3.ListObjectsV2Output) error) error {
+	in := &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix}
+	if delimiter != "" {
+		in.Delimiter = &delimiter
+	}
+	p := s3.NewListObjectsV2Paginator(s.client, in)
 	for p.HasMorePages() {
 		var page *s3.ListObjectsV2Output
 		err := s.request(ctx, func(ctx context.Context, opts func(*s3.Options)) (err error) {
@@ -299,13 +305,23 @@ func (s *Store) list(ctx context.Context, prefix string, fn func(key string) err
 			}
 			return fmt.Errorf("list s3://%s/%s: %w", s.bucket, prefix, err)
 		}
+		if err := fn(page); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// list returns every key under prefix (no delimiter).
+func (s *Store) list(ctx context.Context, prefix string, fn func(key string) error) error {
+	return s.pages(ctx, prefix, "", func(page *s3.ListObjectsV2Output) error {
 		for _, o := range page.Contents {
 			if err := fn(aws.ToString(o.Key)); err != nil {
 				return err
 			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // listOne calls found if any key exists under prefix.

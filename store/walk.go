@@ -74,19 +74,7 @@ func (s *Store) TagsKey(name string) string { return s.layout.tags(name) }
 // Walk calls fn for every object under key prefix, in key order, one
 // listing page (at most 1000 keys) in memory at a time.
 func (s *Store) Walk(ctx context.Context, prefix string, fn func(Object) error) error {
-	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix})
-	for p.HasMorePages() {
-		var page *s3.ListObjectsV2Output
-		err := s.request(ctx, func(ctx context.Context, opts func(*s3.Options)) (err error) {
-			page, err = p.NextPage(ctx, opts)
-			return err
-		})
-		if err != nil {
-			if isNotFound(err) {
-				return s.notFound(err, "list s3://"+s.bucket+"/"+prefix)
-			}
-			return fmt.Errorf("list s3://%s/%s: %w", s.bucket, prefix, err)
-		}
+	return s.pages(ctx, prefix, "", func(page *s3.ListObjectsV2Output) error {
 		for _, o := range page.Contents {
 			obj := Object{Key: aws.ToString(o.Key), Size: aws.ToInt64(o.Size), ETag: aws.ToString(o.ETag)}
 			if o.LastModified != nil {
@@ -96,33 +84,21 @@ func (s *Store) Walk(ctx context.Context, prefix string, fn func(Object) error) 
 				return err
 			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // WalkDirs calls fn for every "directory" directly under key prefix (a
 // listing with delimiter "/": the common prefixes, each ending in "/").
 func (s *Store) WalkDirs(ctx context.Context, prefix string, fn func(dir string) error) error {
-	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix, Delimiter: aws.String("/")})
-	for p.HasMorePages() {
-		var page *s3.ListObjectsV2Output
-		err := s.request(ctx, func(ctx context.Context, opts func(*s3.Options)) (err error) {
-			page, err = p.NextPage(ctx, opts)
-			return err
-		})
-		if err != nil {
-			if isNotFound(err) {
-				return s.notFound(err, "list s3://"+s.bucket+"/"+prefix)
-			}
-			return fmt.Errorf("list s3://%s/%s: %w", s.bucket, prefix, err)
-		}
+	return s.pages(ctx, prefix, "/", func(page *s3.ListObjectsV2Output) error {
 		for _, cp := range page.CommonPrefixes {
 			if err := fn(aws.ToString(cp.Prefix)); err != nil {
 				return err
 			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // ReadLink reads the link object at key and returns the digest it names;
