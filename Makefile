@@ -39,13 +39,15 @@ test: env-up lint
 	$(MAKE) --no-print-directory fuzz
 
 # Each fuzz target of a parser of untrusted input (lazy indexes, layer
-# tars) runs briefly from its seed corpus; FUZZTIME=10m for a real hunt.
+# tars, manifests, lifecycle policies read back from the bucket) runs
+# briefly from its seed corpus; FUZZTIME=10m for a real hunt.
 FUZZTIME ?= 15s
-FUZZ_TARGETS := FuzzDecodeTOC FuzzTree FuzzBuild
+FUZZ_TARGETS := lazy:FuzzDecodeTOC lazy:FuzzTree lazy:FuzzBuild store:FuzzParseManifest lifecycle:FuzzPolicy
 fuzz:
-	@for f in $(FUZZ_TARGETS); do \
-	  echo "fuzz $$f ($(FUZZTIME))"; \
-	  $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1x ./lazy/ || exit 1; \
+	@for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; f=$${t#*:}; \
+	  echo "fuzz ./$$pkg $$f ($(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1x ./$$pkg/ || exit 1; \
 	done
 
 # Benchmarks print ratios against the SDK's plain GET and its downloader.

@@ -75,7 +75,8 @@ func ParseManifest(raw []byte) (*Manifest, error) {
 		}
 		for _, c := range idx.Manifests {
 			if err := validateDigest(c.Digest); err != nil {
-				return nil, fmt.Errorf("index child: %w", err)
+				// A document naming a bad digest is a bad manifest (and says why).
+				return nil, fmt.Errorf("index child: %w: %w", ErrInvalidManifest, err)
 			}
 		}
 		m.Index = &idx
@@ -90,7 +91,7 @@ func ParseManifest(raw []byte) (*Manifest, error) {
 	}
 	for _, b := range append([]ocispec.Descriptor{img.Config}, img.Layers...) {
 		if err := validateDigest(b.Digest); err != nil {
-			return nil, fmt.Errorf("manifest blob: %w", err)
+			return nil, fmt.Errorf("manifest blob: %w: %w", ErrInvalidManifest, err)
 		}
 	}
 	m.Image = &img
