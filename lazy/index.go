@@ -215,7 +215,7 @@ func IndexImage(ctx context.Context, st *store.Store, repo string, d digest.Dige
 			}
 			seen[l.Digest] = true
 			var res Result
-			if !isTarLayer(l.MediaType) {
+			if !IsTarLayer(l.MediaType) {
 				res = Result{Layer: l.Digest, Skipped: "media type " + l.MediaType + " is not a tar layer"}
 			} else if res, err = IndexLayer(ctx, st, l.Digest, diffIDs[i], opts...); err != nil {
 				res.Error = err.Error()
@@ -246,8 +246,8 @@ func diffIDs(ctx context.Context, st *store.Store, m *ocispec.Manifest) ([]diges
 	return cfg.RootFS.DiffIDs, nil
 }
 
-// isTarLayer reports whether a layer media type is a (compressed) tar.
-func isTarLayer(mt string) bool {
+// IsTarLayer reports whether a layer media type is a (compressed) tar.
+func IsTarLayer(mt string) bool {
 	if strings.Contains(mt, "nondistributable") {
 		return false // never in a registry, so never in the bucket
 	}
