@@ -163,7 +163,7 @@ func Build(ctx context.Context, layer digest.Digest, blob io.Reader, data io.Wri
 
 // entryJSONSize is a lower bound of an entry's size in the TOC's JSON.
 func entryJSONSize(e *Entry) int64 {
-	n := int64(len(`{"name":"","type":"","mode":0,"uid":0,"gid":0,"mtime":0,"header":""}`) + len(e.Name) + len(e.Type) + len(e.Linkname) + len(e.Header)*4/3)
+	n := int64(len(`{"name":"","type":"","mode":0,"uid":0,"gid":0,"mtime":0,"headerSize":0}`) + len(e.Name) + len(e.Type) + len(e.Linkname) + len(e.Header))
 	for k, v := range e.Xattrs {
 		n += int64(len(k) + len(v)*4/3)
 	}

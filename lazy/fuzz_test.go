@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"strings"
@@ -30,9 +29,11 @@ func FuzzDecodeTOC(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte(`{"version":1}`))
 	f.Add([]byte(`{"version":2}`))
-	// A valid v2 TOC (tar headers, trailer) for the fuzzer to edit.
-	if raw, err := json.Marshal(buildTar(&testing.T{}, tarOf(&testing.T{}, tar.FormatPAX, 0, rebuildEntries()...), 1024).toc); err == nil {
-		f.Add(raw)
+	// A valid v2 TOC (JSON, then its tar headers and trailer) to edit.
+	if enc, err := buildTar(&testing.T{}, tarOf(&testing.T{}, tar.FormatPAX, 0, rebuildEntries()...), 1024).toc.Encode(); err == nil {
+		if raw, err := zstdDecode(enc); err == nil {
+			f.Add(raw)
+		}
 	}
 	cache, err := NewCache(f.TempDir())
 	if err != nil {
@@ -82,6 +83,15 @@ func FuzzDecodeTOC(f *testing.F) {
 			}
 		}
 	})
+}
+
+func zstdDecode(b []byte) ([]byte, error) {
+	dec, err := zstd.NewReader(nil)
+	if err != nil {
+		return nil, err
+	}
+	defer dec.Close()
+	return dec.DecodeAll(b, nil)
 }
 
 type zeroReader struct{}

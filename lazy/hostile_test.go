@@ -140,9 +140,9 @@ func TestDecodeTOCRejectsHostile(t *testing.T) {
 // asV1 is toc in format v1: no tar headers.
 func asV1(toc *TOC) *TOC {
 	c := cloneTOC(toc)
-	c.Version, c.Trailer = 1, nil
+	c.Version, c.Trailer, c.TrailerSize = 1, nil, 0
 	for i := range c.Entries {
-		c.Entries[i].Header = nil
+		c.Entries[i].Header, c.Entries[i].HeaderSize = nil, 0
 	}
 	return c
 }
@@ -169,7 +169,7 @@ func zstdOf(t *testing.T, parts ...func(w io.Writer)) []byte {
 // anything else is not a TOC.
 func TestDecodeTOCBoundsDecompression(t *testing.T) {
 	good := hostileBase(t)
-	raw, err := json.Marshal(good.toc)
+	raw, err := json.Marshal(asV1(good.toc)) // JSON alone: v2 has tar headers after it
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,6 +190,33 @@ func TestDecodeTOCBoundsDecompression(t *testing.T) {
 	}
 	if _, err := DecodeTOC(zstdOf(t, func(w io.Writer) { w.Write(raw); w.Write([]byte("\n")) })); err != nil {
 		t.Errorf("trailing newline: %v", err)
+	}
+	// v2: exactly the tar headers the JSON sizes, after one newline.
+	enc, err := good.toc.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec, err := zstd.NewReader(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	v2, err := dec.DecodeAll(enc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{
+		"a byte more":       append(append([]byte(nil), v2...), 0),
+		"a byte less":       v2[:len(v2)-1],
+		"no headers":        v2[:bytes.IndexByte(v2, '\n')],
+		"space not newline": append(append(append([]byte(nil), v2[:bytes.IndexByte(v2, '\n')]...), ' '), v2[bytes.IndexByte(v2, '\n')+1:]...),
+	} {
+		if _, err := DecodeTOC(zstdOf(t, func(w io.Writer) { w.Write(b) })); !errors.Is(err, ErrInvalidIndex) {
+			t.Errorf("v2, %s: %v, want ErrInvalidIndex", name, err)
+		}
+	}
+	if _, err := DecodeTOC(zstdOf(t, func(w io.Writer) { w.Write(v2) })); err != nil {
+		t.Errorf("v2 as encoded: %v", err)
 	}
 }
 

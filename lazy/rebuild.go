@@ -84,11 +84,11 @@ func checkTrailer(b []byte) error {
 // the trailer holds no entry; a v1 TOC must hold neither.
 func (t *TOC) checkHeaders() error {
 	if !t.Verifiable() {
-		if len(t.Trailer) > 0 {
+		if len(t.Trailer) > 0 || t.TrailerSize != 0 {
 			return invalid("a v1 toc with a tar trailer")
 		}
 		for i := range t.Entries {
-			if t.Entries[i].Header != nil {
+			if t.Entries[i].Header != nil || t.Entries[i].HeaderSize != 0 {
 				return invalid("a v1 toc with tar headers")
 			}
 		}

@@ -112,8 +112,10 @@ type TOC struct {
 	Chunks    []Chunk `json:"chunks"`
 	Entries   []Entry `json:"entries"`
 	// Trailer is what follows the last entry's content and padding: the
-	// end-of-archive blocks and anything after them (v2).
-	Trailer []byte `json:"trailer,omitempty"`
+	// end-of-archive blocks and anything after them (v2). Like the
+	// entries' headers, it is stored raw after the JSON (Encode).
+	Trailer     []byte `json:"-"`
+	TrailerSize int    `json:"trailerSize,omitempty"`
 
 	lastChunkSize int64 // derived by Validate
 }
@@ -148,7 +150,9 @@ type Entry struct {
 	// block of the entry, PAX and GNU long-name records and any PAX
 	// global header before it included; the zero padding of the previous
 	// file's content is not. The fields above must be what it says.
-	Header []byte `json:"header,omitempty"`
+	// Encode stores it raw after the JSON, HeaderSize in it.
+	Header     []byte `json:"-"`
+	HeaderSize int    `json:"headerSize,omitempty"`
 }
 
 // Key is the object name of a layer's TOC or data in the current format,
@@ -203,12 +207,27 @@ func CleanName(name string) (string, error) {
 	return c, nil
 }
 
-// Encode serializes the TOC: zstd-compressed JSON. A TOC too large for
-// DecodeTOC to accept is an error wrapping ErrInvalidIndex.
+// Encode serializes the TOC: zstd-compressed JSON; for v2, followed by a
+// newline and the raw tar headers of every entry, in order, then the
+// trailer (their sizes are in the JSON): raw bytes decode far faster than
+// base64 in JSON, and compress better. A TOC too large for DecodeTOC to
+// accept is an error wrapping ErrInvalidIndex.
 func (t *TOC) Encode() ([]byte, error) {
-	raw, err := json.Marshal(t)
+	c := *t
+	c.Entries = append([]Entry(nil), t.Entries...)
+	var blob []byte
+	for i := range c.Entries {
+		c.Entries[i].HeaderSize = len(c.Entries[i].Header)
+		blob = append(blob, c.Entries[i].Header...)
+	}
+	c.TrailerSize = len(c.Trailer)
+	blob = append(blob, c.Trailer...)
+	raw, err := json.Marshal(&c)
 	if err != nil {
 		return nil, fmt.Errorf("encode toc: %w", err)
+	}
+	if c.Version >= 2 {
+		raw = append(append(raw, '\n'), blob...)
 	}
 	if len(raw) > MaxTOCJSONSize {
 		return nil, invalid("toc of %s: %d bytes of json, more than %d", t.Layer, len(raw), MaxTOCJSONSize)
@@ -253,13 +272,59 @@ func DecodeTOC(b []byte) (*TOC, error) {
 	if err := d.Decode(&t); err != nil {
 		return nil, fmt.Errorf("toc: %w: %w", ErrInvalidIndex, err)
 	}
-	if _, err := d.Token(); err != io.EOF {
-		return nil, invalid("toc: data after the json object")
+	if err := t.attachHeaders(raw[d.InputOffset():]); err != nil {
+		return nil, err
 	}
 	if err := t.Validate(); err != nil {
 		return nil, err
 	}
 	return &t, nil
+}
+
+// attachHeaders hands the raw tar headers after a v2 TOC's JSON to its
+// entries and trailer; a v1 TOC has nothing after its JSON.
+func (t *TOC) attachHeaders(rest []byte) error {
+	if t.Version < 2 {
+		if len(bytes.TrimSpace(rest)) > 0 {
+			return invalid("toc: data after the json object")
+		}
+		return nil
+	}
+	if len(rest) == 0 || rest[0] != '\n' {
+		return invalid("toc: no tar headers after the json object")
+	}
+	rest = rest[1:]
+	// Each size is bounded before it is added: the sum cannot overflow.
+	var off int
+	take := func(n int) ([]byte, error) {
+		if n < 0 || n > MaxHeaderSize || n > len(rest)-off {
+			return nil, invalid("toc: %d bytes of tar header at %d of %d", n, off, len(rest))
+		}
+		b := rest[off : off+n : off+n]
+		off += n
+		return b, nil
+	}
+	for i := range t.Entries {
+		e := &t.Entries[i]
+		var err error
+		if e.Header, err = take(e.HeaderSize); err != nil {
+			return err
+		}
+	}
+	if t.TrailerSize > MaxTrailerSize {
+		return invalid("toc: tar trailer of %d bytes, more than %d", t.TrailerSize, MaxTrailerSize)
+	}
+	var err error
+	if t.Trailer, err = take(t.TrailerSize); err != nil {
+		return err
+	}
+	if len(t.Trailer) == 0 {
+		t.Trailer = nil
+	}
+	if off != len(rest) {
+		return invalid("toc: %d bytes after the tar headers", len(rest)-off)
+	}
+	return nil
 }
 
 // Validate checks the TOC is self-consistent, within the bounds (MaxEntries,
