@@ -313,3 +313,48 @@ func TestMigrateLazyIndex(t *testing.T) {
 	p.run(t, reg.Addr+"/team/app:v1", "migrated", files)
 	waitMetric(t, p.agent, "s3snap_lazy_verified_layers_total", float64(len(im.Layers)))
 }
+
+// TestPushLazyIndex: push --lazy-index of a legacy docker save (whose
+// layers push gzips as it streams them) writes every layer's index, each
+// one rebuilding its layer, says how many bytes they took, and an agent
+// pulls the image lazily from them.
+func TestPushLazyIndex(t *testing.T) {
+	e := testenv.S3(t)
+	bucket := e.NewBucket(t)
+	reg := testenv.StartFSRegistry(t)
+	img := newSaveImage(t, 9)
+	tarPath := t.TempDir() + "/legacy.tar"
+	img.legacy(t, tarPath)
+	c := newPushCLI(t, e)
+	ref := reg.Addr + "/team/legacy:v1"
+	var res struct {
+		Digest         digest.Digest `json:"digest"`
+		LazyIndexes    int           `json:"lazyIndexes"`
+		LazyIndexBytes int64         `json:"lazyIndexBytes"`
+	}
+	if err := json.Unmarshal([]byte(c.ok(t, "push", "-o", "json", "--prefix", "ecr", "--lazy-index", "--lazy-index-min-size=0", "--also", "docker://"+ref, tarPath, "s3://"+bucket+"/ecr/team/legacy:v1")), &res); err != nil {
+		t.Fatal(err)
+	}
+	st := store.New(e.Client(t), bucket, store.WithPrefix("ecr"))
+	m, err := st.GetManifest(context.Background(), "team/legacy", res.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers := map[digest.Digest]bool{}
+	for _, l := range m.Image.Layers {
+		layers[l.Digest] = true
+	}
+	if res.LazyIndexes != len(layers) || res.LazyIndexBytes <= 0 {
+		t.Errorf("push: %d lazy indexes of %d bytes, want %d", res.LazyIndexes, res.LazyIndexBytes, len(layers))
+	}
+	if err := lazy.CheckImage(context.Background(), st, "team/legacy", res.Digest, 0); err != nil {
+		t.Errorf("the pushed indexes: %v", err)
+	}
+	p := newLazyEnv(t, testenv.Containerd2, e, bucket, reg)
+	p.pull(t, ref)
+	// The legacy image lists its last layer twice: two snapshots of it.
+	if n := p.agent.Metric(t, "s3snap_snapshotter_lazy_layers_total"); int(n) != len(m.Image.Layers) {
+		t.Errorf("%v layers mounted lazily, want %d", n, len(m.Image.Layers))
+	}
+	p.run(t, ref, "pushed", img.files)
+}
