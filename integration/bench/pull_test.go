@@ -190,4 +190,3 @@ func totalSize(im *testenv.Image) int {
 	}
 	return n
 }
-
