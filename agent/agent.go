@@ -59,7 +59,7 @@ func Run(ctx context.Context, cfg config.Config) error {
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
 		return fmt.Errorf("create root: %w", err)
 	}
-	sn, err := snapshotter.New(ctx, cfg.Root, storeFunc, snapshotter.WithUnpackJobs(cfg.Fetch.UnpackJobs), snapshotter.WithLazy(cfg.Lazy.Enabled))
+	sn, err := snapshotter.New(ctx, cfg.Root, storeFunc, snapshotter.WithUnpackJobs(cfg.Fetch.UnpackJobs), snapshotter.WithLazy(cfg.Lazy.Enabled), snapshotter.WithLazyVerifyBeforeStart(cfg.Lazy.VerifyBeforeStart))
 	if err != nil {
 		return fmt.Errorf("open snapshotter: %w", err)
 	}

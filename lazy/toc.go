@@ -7,8 +7,8 @@
 // inside) the registry layout, so image digests and layer blobs stay
 // exactly as they are:
 //
-//	<prefix>/s3snap/lazy/v1/sha256/<layer hex>/data  file contents, re-chunked
-//	<prefix>/s3snap/lazy/v1/sha256/<layer hex>/toc   the table of contents
+//	<prefix>/s3snap/lazy/v2/sha256/<layer hex>/data  file contents, re-chunked
+//	<prefix>/s3snap/lazy/v2/sha256/<layer hex>/toc   the table of contents
 //
 // The data object is the concatenation of every regular file's content, in
 // tar order, cut into chunks of ChunkSize uncompressed bytes (the last one
@@ -20,6 +20,16 @@
 // device numbers, xattrs, and for regular files where their content starts
 // in the uncompressed stream). A chunk is checked against its sha256
 // before any byte of it is used.
+//
+// Format v2 (what Build writes) also holds, per entry, the raw tar header
+// blocks that precede its content (PAX and GNU long-name records
+// included) and the archive's trailer, so the layer's uncompressed tar is
+// rebuilt byte for byte from the TOC and the data stream (TarReader) and
+// its sha256 checked against the diff ID the image config names (Verify):
+// that check, not the TOC, ties the index to the layer. The headers are
+// the one source of an entry's metadata: Validate parses each and rejects
+// an entry whose fields say anything else. Format v1 (no headers) is
+// still read, unverified.
 //
 // The data object is written first and the TOC last: a TOC's presence
 // means the index is complete. Entry names are clean relative paths; one
@@ -43,8 +53,13 @@ import (
 	"github.com/s3snap/s3snap/store"
 )
 
-// Version is the index format version, part of the object keys.
-const Version = 1
+// Version is the index format version Build writes, part of the object
+// keys; MinVersion is the oldest still read (v1: no tar headers, so it
+// cannot be verified).
+const (
+	Version    = 2
+	MinVersion = 1
+)
 
 const (
 	// DefaultChunkSize is the uncompressed size of a data chunk: the unit
@@ -96,6 +111,9 @@ type TOC struct {
 	DataSize  int64   `json:"dataSize"` // the data object's size
 	Chunks    []Chunk `json:"chunks"`
 	Entries   []Entry `json:"entries"`
+	// Trailer is what follows the last entry's content and padding: the
+	// end-of-archive blocks and anything after them (v2).
+	Trailer []byte `json:"trailer,omitempty"`
 
 	lastChunkSize int64 // derived by Validate
 }
@@ -126,13 +144,27 @@ type Entry struct {
 	// Offset is where a regular file's content starts in the
 	// uncompressed data stream.
 	Offset int64 `json:"offset,omitempty"`
+	// Header is the raw tar bytes before the content (v2): every header
+	// block of the entry, PAX and GNU long-name records and any PAX
+	// global header before it included; the zero padding of the previous
+	// file's content is not. The fields above must be what it says.
+	Header []byte `json:"header,omitempty"`
 }
 
-// Key is the object name of a layer's TOC or data, relative to the
-// store's s3snap area.
-func Key(layer digest.Digest, object string) string {
-	return fmt.Sprintf("lazy/v%d/%s/%s/%s", Version, layer.Algorithm(), layer.Encoded(), object)
+// Key is the object name of a layer's TOC or data in the current format,
+// relative to the store's s3snap area.
+func Key(layer digest.Digest, object string) string { return VersionKey(Version, layer, object) }
+
+// VersionKey is Key for format version v.
+func VersionKey(v int, layer digest.Digest, object string) string {
+	return fmt.Sprintf("lazy/v%d/%s/%s/%s", v, layer.Algorithm(), layer.Encoded(), object)
 }
+
+// Key is the object name of this TOC's object (its data, or itself).
+func (t *TOC) Key(object string) string { return VersionKey(t.Version, t.Layer, object) }
+
+// Verifiable reports whether the TOC can rebuild its layer's tar (v2).
+func (t *TOC) Verifiable() bool { return t.Version >= 2 }
 
 // StreamSize is the uncompressed data stream's length.
 func (t *TOC) StreamSize() int64 {
@@ -241,8 +273,8 @@ func (t *TOC) Validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("toc of %.80s: %s: %w", t.Layer, fmt.Sprintf(format, args...), ErrInvalidIndex)
 	}
-	if t.Version != Version {
-		return bad("version %d, want %d", t.Version, Version)
+	if t.Version < MinVersion || t.Version > Version {
+		return bad("version %d, want %d to %d", t.Version, MinVersion, Version)
 	}
 	for _, d := range []digest.Digest{t.Layer, t.DiffID} {
 		if d.Validate() != nil || d.Algorithm() != digest.SHA256 {
@@ -297,6 +329,9 @@ func (t *TOC) Validate() error {
 		if last := t.Chunks[n-1]; last.Size > maxFrameSize(t.lastChunkSize) {
 			return bad("last chunk of %d bytes holds %d", last.Size, t.lastChunkSize)
 		}
+	}
+	if err := t.checkHeaders(); err != nil {
+		return fmt.Errorf("toc of %.80s: %w", t.Layer, asInvalid(err))
 	}
 	if _, err := t.tree(nil, nil); err != nil {
 		return fmt.Errorf("toc of %.80s: %w", t.Layer, asInvalid(err))

@@ -39,6 +39,8 @@ type lazyOptions struct {
 	prefetchJobs int   // layers prefetched at once
 	runJobs      int   // ranged reads in flight per layer prefetch
 	runBytes     int64 // compressed bytes per prefetch read
+	// verifyBeforeStart: lazy_verify.go.
+	verifyBeforeStart bool
 }
 
 // WithLazy turns lazy mode on or off (default off).
@@ -208,6 +210,9 @@ func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string
 	if err := checkChain(parent, toc.DiffID, r.chainID); err != nil {
 		return fmt.Errorf("lazy index of %s: %w", r.layer, err)
 	}
+	if err := l.checkIndex(ctx, r, toc, raw, st); err != nil {
+		return err
+	}
 	fetched := time.Since(start)
 	dirs, err := implicitDirAttrs(ctx, l.sn, parent, toc)
 	if err != nil {
@@ -311,7 +316,8 @@ func (l *lazyProvider) mount(rec lazyRecord, toc *lazy.TOC, st *store.Store) (_ 
 	l.mounts[rec.Name] = m
 	delete(l.unavailable, rec.Name)
 	l.mu.Unlock()
-	if st != nil && m.layer.CachedBytes() < toc.StreamSize() {
+	// A layer cached whole is still verified (runPrefetch, lazy_verify.go).
+	if st != nil || m.layer.CachedBytes() >= toc.StreamSize() {
 		go l.runPrefetch(ctx, m)
 	}
 	return m, nil
@@ -329,6 +335,7 @@ func (l *lazyProvider) runPrefetch(ctx context.Context, m *lazyMount) {
 	switch {
 	case err == nil:
 		log.G(ctx).WithField("took", time.Since(start)).WithField("bytes", m.layer.CachedBytes()).Debug("lazy layer prefetched")
+		l.verifyMounted(ctx, m)
 	case ctx.Err() != nil:
 	default:
 		log.G(ctx).WithError(err).Warn("lazy prefetch failed; files are still fetched on demand")

@@ -57,6 +57,13 @@ type Config struct {
 // instead of unpacked before the container starts.
 type LazyConfig struct {
 	Enabled bool `toml:"enabled"`
+	// VerifyBeforeStart fetches a lazy layer whole and checks its index
+	// rebuilds the layer (the diff ID of the image config) before the
+	// snapshot is committed: the container waits for the layer, and an
+	// index that fails (or a v1 one, which cannot be checked) is not used,
+	// the layer unpacked instead. Off, the check runs once the background
+	// prefetch has the layer, and a mismatch makes its reads fail (EIO).
+	VerifyBeforeStart bool `toml:"verify_before_start"`
 }
 
 // MirrorConfig is the [mirror] table.
