@@ -50,4 +50,3 @@ func TestAgentEagerFromIndex(t *testing.T) {
 		})
 	}
 }
-
