@@ -30,6 +30,13 @@ func FetchTOC(ctx context.Context, st *store.Store, layer digest.Digest) (*TOC, 
 	panic("unreachable")
 }
 
+// FetchVerifiableTOC is FetchTOC for a v2 TOC only, the kind that can
+// rebuild its layer's tar: no v2 index is an error wrapping ErrNoIndex.
+func FetchVerifiableTOC(ctx context.Context, st *store.Store, layer digest.Digest) (*TOC, error) {
+	toc, _, err := fetchTOC(ctx, st, Version, layer)
+	return toc, err
+}
+
 func fetchTOC(ctx context.Context, st *store.Store, v int, layer digest.Digest) (*TOC, []byte, error) {
 	b, err := st.GetExtra(ctx, VersionKey(v, layer, "toc"), MaxTOCSize)
 	if errors.Is(err, store.ErrNotFound) {
