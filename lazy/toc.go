@@ -23,7 +23,7 @@
 //
 // Format v2 (what Build writes) also holds, per entry, the raw tar header
 // blocks that precede its content (PAX and GNU long-name records
-// included) and the archive's trailer, so the layer's uncompressed tar is
+// included) and the archive's trailer, stored raw after the JSON, so the layer's uncompressed tar is
 // rebuilt byte for byte from the TOC and the data stream (TarReader) and
 // its sha256 checked against the diff ID the image config names (Verify):
 // that check, not the TOC, ties the index to the layer. The headers are
