@@ -296,6 +296,9 @@ func TestMigrateLazyIndex(t *testing.T) {
 	if _, _, code := cli.run(t, "verify", "--lazy-index", "docker://"+reg.Addr+"/team/app:v1", "s3://"+bucket+"/ecr"); code == 0 {
 		t.Error("verify --lazy-index passed a swapped index")
 	}
+	if _, _, code := cli.run(t, "verify", "--deep", "docker://"+reg.Addr+"/team/app:v1", "s3://"+bucket+"/ecr"); code == 0 {
+		t.Error("verify --deep passed a swapped index")
+	}
 	if _, _, code := cli.run(t, "verify", "docker://"+reg.Addr+"/team/app:v1", "s3://"+bucket+"/ecr"); code != 0 {
 		t.Errorf("verify without --lazy-index: exit %d", code)
 	}
