@@ -200,6 +200,16 @@ func TestAgentLazyV1Unverified(t *testing.T) {
 		t.Errorf("verify_before_start: %v v1 layers mounted lazily, want 0", n)
 	}
 	strict.run(t, ref, "v1-strict", files)
+
+	// s3snap index rewrites them as v2.
+	if out := runIndex(t, indexCLI(t, e), "s3://"+bucket+"/ecr/team/app:v1"); out.Built != len(good.Layers) {
+		t.Errorf("s3snap index over v1 indexes built %d, want %d", out.Built, len(good.Layers))
+	}
+	for _, l := range good.Layers {
+		if toc, _, err := lazy.FetchTOC(context.Background(), st, digest.FromBytes(l)); err != nil || !toc.Verifiable() {
+			t.Errorf("after s3snap index: %v, verifiable %v", err, err == nil && toc.Verifiable())
+		}
+	}
 }
 
 // toV1 rewrites layer's index as format v1: the v2 TOC without its tar
