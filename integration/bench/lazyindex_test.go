@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,6 +40,7 @@ func BenchmarkMigrateLazyIndex(b *testing.B) {
 	src := "docker://" + reg.Addr + "/bench/realistic:v1"
 	bin := testenv.S3snapBinary(b)
 	tmp := b.TempDir()
+	var maxRSS int64 // KiB, of the last command
 	cli := func(args ...string) time.Duration {
 		b.Helper()
 		cmd := exec.Command(bin, append([]string{"--endpoint", e.Endpoint}, args...)...)
@@ -48,15 +50,20 @@ func BenchmarkMigrateLazyIndex(b *testing.B) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("s3snap %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			maxRSS = ru.Maxrss
+		}
 		return time.Since(start)
 	}
 
 	plain, lazyB := e.NewBucket(b), e.NewBucket(b)
 	tPlain := cli("migrate", src, "s3://"+plain+"/ecr")
+	rssPlain := maxRSS
 	tIndex := cli("index", "s3://"+plain+"/ecr/bench/realistic:v1")
 	logged := logSize(b, reg)
 	report := filepath.Join(tmp, "report.json")
 	tLazy := cli("migrate", "--report", report, "--lazy-index", "--lazy-index-min-size=0", src, "s3://"+lazyB+"/ecr")
+	rssLazy := maxRSS
 	gets := layerGETs(b, reg, logged)
 	var rep migrator.Report
 	if raw, err := os.ReadFile(report); err != nil || json.Unmarshal(raw, &rep) != nil {
@@ -99,6 +106,7 @@ func BenchmarkMigrateLazyIndex(b *testing.B) {
 	fmt.Printf("  migrate %.1fs + s3snap index %.1fs = %.1fs;  migrate --lazy-index %.1fs (%.2fx); %d indexes, %d MB\n",
 		tPlain.Seconds(), tIndex.Seconds(), (tPlain + tIndex).Seconds(), tLazy.Seconds(), (tPlain+tIndex).Seconds()/tLazy.Seconds(),
 		rep.Summary.LazyIndexes, rep.Summary.LazyIndexBytes>>20)
+	fmt.Printf("  peak RSS: migrate %d MiB, migrate --lazy-index %d MiB\n", rssPlain>>10, rssLazy>>10)
 	fmt.Printf("  verify --lazy-index %.1fs; lazy pull %.2fs, every layer verified %.1fs after the pull began\n", tVerify.Seconds(), pull.Seconds(), verified.Seconds())
 	b.ReportMetric(tLazy.Seconds(), "s-migrate-lazy-index")
 	b.ReportMetric((tPlain + tIndex).Seconds(), "s-migrate+index")
