@@ -133,6 +133,9 @@ func TestAgentLazyVerify(t *testing.T) {
 		if n := p.agent.Metric(t, "s3snap_snapshotter_lazy_layers_total"); int(n) != len(good.Layers) {
 			t.Fatalf("%v layers mounted lazily, want %d", n, len(good.Layers))
 		}
+		// A file read now (perhaps before the check) is in the page cache:
+		// once the layer is bad it must not be served from there either.
+		p.ctrd.CtrErr(t, "run", "--rm", "--snapshotter", "s3snap", ref, "early-"+p.ctrd.Namespace, "/hello", "/etc/conf")
 		waitMetric(t, p.agent, "s3snap_lazy_verify_failures_total", 1)
 		if n := p.agent.Metric(t, "s3snap_lazy_verified_layers_total"); n != 1 {
 			t.Errorf("%v layers verified, want 1 (the base layer)", n)
