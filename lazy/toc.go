@@ -82,6 +82,9 @@ var (
 	// ErrCorruptChunk means a data chunk did not decompress to its length
 	// and sha256: its bytes are never used.
 	ErrCorruptChunk = errors.New("corrupt lazy data chunk")
+	// ErrWrite means an index's objects could not be written (an error
+	// of the store, not of the layer).
+	ErrWrite = errors.New("write lazy index")
 	// ErrUnsafePath means a tar entry's name (or hard link target) is
 	// absolute or escapes the layer root.
 	ErrUnsafePath = errors.New("path escapes the layer root")

@@ -73,7 +73,8 @@ func (iotestErr) Read([]byte) (int, error) { return 0, errors.New("connection re
 // The indexes built while copying are the ones lazy.IndexLayer builds,
 // each layer read once from the source, also when the first attempt's
 // stream broke; a layer already in the bucket is indexed from there; a
-// layer that cannot be indexed or is below the size is copied without.
+// layer that cannot be indexed (a sparse file, not a tar) or is below the
+// size is copied without.
 func TestLazyIndexer(t *testing.T) {
 	st := newTestStore(t)
 	ctx := context.Background()
@@ -81,9 +82,14 @@ func TestLazyIndexer(t *testing.T) {
 	b, bDiff := gzTar(t, "lib/b", noise(2, 1<<20))
 	small, _ := gzTar(t, "s", "s")
 	sparse := sparseLayer(t)
+	var junkGz bytes.Buffer // a "layer" that is no tar at all
+	zw := gzip.NewWriter(&junkGz)
+	io.WriteString(zw, noise(5, 4096))
+	zw.Close()
+	junk := junkGz.String()
 	pre, preDiff := gzTar(t, "pre", noise(3, 200<<10))
 	mem := newMemSource()
-	mem.root = mem.image(t, `{"architecture":"amd64"}`, a, b, small, sparse, pre)
+	mem.root = mem.image(t, `{"architecture":"amd64"}`, a, b, small, sparse, junk, pre)
 	src := &flakySource{memSource: mem, bad: digest.FromString(b)}
 	if _, err := st.PutBlob(ctx, digest.FromString(pre), int64(len(pre)), bytes.NewReader([]byte(pre))); err != nil {
 		t.Fatal(err)
@@ -105,7 +111,7 @@ func TestLazyIndexer(t *testing.T) {
 			t.Errorf("layer %s: %v", d, err)
 		}
 	}
-	for _, l := range []string{small, sparse} {
+	for _, l := range []string{small, sparse, junk} {
 		if _, _, err := lazy.FetchTOC(ctx, st, digest.FromString(l)); !errors.Is(err, lazy.ErrNoIndex) {
 			t.Errorf("layer %s: %v, want no index", digest.FromString(l), err)
 		}
