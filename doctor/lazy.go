@@ -62,6 +62,10 @@ func lazyIndex(ctx context.Context, client *s3.Client, st *store.Store) Check {
 		}
 		return fail("read the index of layer "+layer.String(), err)
 	}
+	if !toc.Verifiable() {
+		return Check{Name: name, Status: Warn, Detail: fmt.Sprintf("%s: index of layer %s is of format v1: served, but its content cannot be verified against the image", st.URL(), layer.Encoded()[:12]),
+			Fix: "rewrite the indexes as v2: s3snap index s3://BUCKET/PREFIX/REPOSITORY:TAG"}
+	}
 	return Check{Name: name, Status: OK, Detail: fmt.Sprintf("%s: index of layer %s read and valid (%d files)", st.URL(), layer.Encoded()[:12], len(toc.Entries))}
 }
 

@@ -35,6 +35,12 @@ func newLazyEnvWith(t *testing.T, version string, e *testenv.S3Env, bucket strin
 	return p
 }
 
+// ctrErrNS runs ctr in the namespace p.pull puts images in, returning its
+// error rather than failing t.
+func ctrErrNS(p *pullEnv, args ...string) (string, error) {
+	return testenv.RunErr(context.Background(), p.ctrd.CtrBin, append([]string{"--address", p.ctrd.Address, "--namespace", p.namespace()}, args...)...)
+}
+
 // diffIDsOf reads an image's diff IDs from its config.
 func diffIDsOf(t *testing.T, im *testenv.Image) []digest.Digest {
 	t.Helper()
@@ -118,6 +124,12 @@ func forgeIndex(t *testing.T, e *testenv.S3Env, bucket string, st *store.Store, 
 // the failure is counted. With verify_before_start: the pull falls back to
 // unpacking the layer, and the container reads the image's own files.
 func TestAgentLazyVerify(t *testing.T) {
+	for _, v := range testenv.ContainerdVersions() {
+		t.Run("containerd-"+v, func(t *testing.T) { testAgentLazyVerify(t, v) })
+	}
+}
+
+func testAgentLazyVerify(t *testing.T, version string) {
 	e := testenv.S3(t)
 	bucket := e.NewBucket(t)
 	reg := testenv.StartFSRegistry(t)
@@ -128,16 +140,19 @@ func TestAgentLazyVerify(t *testing.T) {
 	ref := reg.Addr + "/team/app:v1"
 
 	t.Run("in the background: reads fail", func(t *testing.T) {
-		p := newLazyEnv(t, testenv.Containerd2, e, bucket, reg)
+		p := newLazyEnv(t, version, e, bucket, reg)
 		p.pull(t, ref)
 		if n := p.agent.Metric(t, "s3snap_snapshotter_lazy_layers_total"); int(n) != len(good.Layers) {
 			t.Fatalf("%v layers mounted lazily, want %d", n, len(good.Layers))
 		}
+		// A file read now (perhaps before the check) is in the page cache:
+		// once the layer is bad it must not be served from there either.
+		ctrErrNS(p, "run", "--rm", "--snapshotter", "s3snap", ref, "early-"+p.ctrd.Namespace, "/hello", "/etc/conf")
 		waitMetric(t, p.agent, "s3snap_lazy_verify_failures_total", 1)
 		if n := p.agent.Metric(t, "s3snap_lazy_verified_layers_total"); n != 1 {
 			t.Errorf("%v layers verified, want 1 (the base layer)", n)
 		}
-		out, err := p.ctrd.CtrErr(t, "run", "--rm", "--snapshotter", "s3snap", ref, "swapped-"+p.ctrd.Namespace, "/hello", "/data/secret", "/etc/conf")
+		out, err := ctrErrNS(p, "run", "--rm", "--snapshotter", "s3snap", ref, "swapped-"+p.ctrd.Namespace, "/hello", "/data/secret", "/etc/conf")
 		if err == nil {
 			t.Errorf("reading the swapped layer succeeded:\n%s", out)
 		}
@@ -155,7 +170,7 @@ func TestAgentLazyVerify(t *testing.T) {
 	})
 
 	t.Run("verify_before_start: unpacked instead", func(t *testing.T) {
-		p := newLazyEnvWith(t, testenv.Containerd2, e, bucket, reg, "verify_before_start = true\n")
+		p := newLazyEnvWith(t, version, e, bucket, reg, "verify_before_start = true\n")
 		p.pull(t, ref)
 		if n := p.agent.Metric(t, "s3snap_lazy_verify_failures_total"); n != 1 {
 			t.Errorf("%v verification failures, want 1", n)
@@ -200,6 +215,16 @@ func TestAgentLazyV1Unverified(t *testing.T) {
 		t.Errorf("verify_before_start: %v v1 layers mounted lazily, want 0", n)
 	}
 	strict.run(t, ref, "v1-strict", files)
+
+	// s3snap index rewrites them as v2.
+	if out := runIndex(t, indexCLI(t, e), "s3://"+bucket+"/ecr/team/app:v1"); out.Built != len(good.Layers) {
+		t.Errorf("s3snap index over v1 indexes built %d, want %d", out.Built, len(good.Layers))
+	}
+	for _, l := range good.Layers {
+		if toc, _, err := lazy.FetchTOC(context.Background(), st, digest.FromBytes(l)); err != nil || !toc.Verifiable() {
+			t.Errorf("after s3snap index: %v, verifiable %v", err, err == nil && toc.Verifiable())
+		}
+	}
 }
 
 // toV1 rewrites layer's index as format v1: the v2 TOC without its tar
@@ -295,6 +320,9 @@ func TestMigrateLazyIndex(t *testing.T) {
 	forgeIndex(t, e, bucket, st, digest.FromBytes(im.Layers[2]), diffIDsOf(t, im)[2], digest.FromBytes(im.Layers[1]))
 	if _, _, code := cli.run(t, "verify", "--lazy-index", "docker://"+reg.Addr+"/team/app:v1", "s3://"+bucket+"/ecr"); code == 0 {
 		t.Error("verify --lazy-index passed a swapped index")
+	}
+	if _, _, code := cli.run(t, "verify", "--deep", "docker://"+reg.Addr+"/team/app:v1", "s3://"+bucket+"/ecr"); code == 0 {
+		t.Error("verify --deep passed a swapped index")
 	}
 	if _, _, code := cli.run(t, "verify", "docker://"+reg.Addr+"/team/app:v1", "s3://"+bucket+"/ecr"); code != 0 {
 		t.Errorf("verify without --lazy-index: exit %d", code)

@@ -222,7 +222,7 @@ func entryOf(hdr *tar.Header) (*Entry, error) {
 	case tar.TypeFifo:
 		e.Type = TypeFifo
 	default:
-		return nil, fmt.Errorf("entry %.64q: unsupported tar type %q", hdr.Name, hdr.Typeflag)
+		return nil, invalid("entry %.64q: unsupported tar type %q", hdr.Name, hdr.Typeflag)
 	}
 	for k, v := range hdr.PAXRecords {
 		// The reader expands a sparse file's holes: its content is not
@@ -327,7 +327,7 @@ func (cw *chunkWriter) drain(pending <-chan *pendingChunk) {
 			return
 		}
 		if _, err := cw.w.Write(pc.frame); err != nil {
-			cw.err = fmt.Errorf("write lazy data: %w", err)
+			cw.err = fmt.Errorf("write lazy data: %w: %w", ErrWrite, err)
 			return // flush and close see done and return err
 		}
 		cw.chunks = append(cw.chunks, Chunk{Offset: cw.off, Size: int64(len(pc.frame)), Digest: pc.sum})

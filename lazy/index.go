@@ -164,7 +164,7 @@ func UploadData(ctx context.Context, st *store.Store, layer digest.Digest, blob 
 	}
 	pw.Close()
 	if err := <-uploaded; err != nil {
-		return nil, fmt.Errorf("upload index data of %s: %w", layer, err)
+		return nil, fmt.Errorf("upload index data of %s: %w: %w", layer, ErrWrite, err)
 	}
 	return toc, nil
 }
@@ -180,7 +180,7 @@ func PutTOC(ctx context.Context, st *store.Store, toc *TOC) (int64, error) {
 		return 0, fmt.Errorf("built an unreadable toc for %s: %w", toc.Layer, err)
 	}
 	if err := st.PutExtra(ctx, toc.Key("toc"), bytes.NewReader(b)); err != nil {
-		return 0, fmt.Errorf("upload index toc of %s: %w", toc.Layer, err)
+		return 0, fmt.Errorf("upload index toc of %s: %w: %w", toc.Layer, ErrWrite, err)
 	}
 	return int64(len(b)), nil
 }

@@ -225,7 +225,8 @@ func (t *TOC) Verify(ctx context.Context, stream io.Reader, diffID digest.Digest
 		return err
 	}
 	h := sha256.New()
-	if _, err := io.Copy(h, ctxReader{ctx, tr}); err != nil {
+	// Large reads: through a Layer, each is a chunk-cache file opened.
+	if _, err := io.CopyBuffer(h, ctxReader{ctx, tr}, make([]byte, 1<<20)); err != nil {
 		return fmt.Errorf("layer %s: rebuild its tar: %w", t.Layer, err)
 	}
 	if got := digest.NewDigest(digest.SHA256, h); got != diffID {

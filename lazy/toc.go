@@ -23,7 +23,7 @@
 //
 // Format v2 (what Build writes) also holds, per entry, the raw tar header
 // blocks that precede its content (PAX and GNU long-name records
-// included) and the archive's trailer, so the layer's uncompressed tar is
+// included) and the archive's trailer, stored raw after the JSON, so the layer's uncompressed tar is
 // rebuilt byte for byte from the TOC and the data stream (TarReader) and
 // its sha256 checked against the diff ID the image config names (Verify):
 // that check, not the TOC, ties the index to the layer. The headers are
@@ -82,6 +82,9 @@ var (
 	// ErrCorruptChunk means a data chunk did not decompress to its length
 	// and sha256: its bytes are never used.
 	ErrCorruptChunk = errors.New("corrupt lazy data chunk")
+	// ErrWrite means an index's objects could not be written (an error
+	// of the store, not of the layer).
+	ErrWrite = errors.New("write lazy index")
 	// ErrUnsafePath means a tar entry's name (or hard link target) is
 	// absolute or escapes the layer root.
 	ErrUnsafePath = errors.New("path escapes the layer root")

@@ -31,8 +31,9 @@ const DefaultLazyIndexMinSize = 10 << 20
 // blob is stored (its digest verified), before any manifest and so before
 // the tag. A layer the copy finds already in the bucket is indexed from
 // the bucket; one with a v2 index already is left alone. A layer that
-// cannot be indexed (lazy.ErrInvalidIndex: a sparse file, too many
-// entries) is logged and skipped: it is still pulled, unpacked.
+// cannot be indexed (a sparse file, too many entries, a tar the reader
+// rejects) is logged and skipped: it is still pulled, unpacked. Failing
+// to write an index (lazy.ErrWrite) fails the image, as a failed copy.
 type LazyIndexer struct {
 	st      *store.Store
 	minSize int64
@@ -121,22 +122,25 @@ func (x *LazyIndexer) copyIndexed(ctx context.Context, dst Destination, repo str
 	} else {
 		// The blob was in the bucket already: index it from there.
 		var res lazy.Result
-		res, err = lazy.IndexLayer(ctx, x.st, desc.Digest, "", x.opts...)
-		if err == nil {
+		if res, err = lazy.IndexLayer(ctx, x.st, desc.Digest, "", x.opts...); err == nil {
 			return indexResult{existed: existed, built: !res.Existed, bytes: res.DataSize + res.TOCSize}, nil
 		}
 	}
-	if err == nil {
-		var n int64
-		if n, err = lazy.PutTOC(ctx, x.st, toc); err == nil {
-			return indexResult{existed: existed, built: true, bytes: toc.DataSize + n}, nil
+	if err != nil {
+		// The blob is stored and verified: what the index could not be
+		// built from is the layer's matter (a sparse file, a tar the
+		// reader rejects), not the copy's.
+		if ctx.Err() == nil && !errors.Is(err, lazy.ErrWrite) {
+			log.G(ctx).WithError(err).WithField("layer", desc.Digest).Warn("layer not indexed for lazy pulls; it is unpacked when pulled")
+			return indexResult{existed: existed}, nil
 		}
+		return indexResult{existed: existed}, fmt.Errorf("lazy index of layer %s: %w", desc.Digest, err)
 	}
-	if errors.Is(err, lazy.ErrInvalidIndex) || errors.Is(err, lazy.ErrUnsafePath) {
-		log.G(ctx).WithError(err).WithField("layer", desc.Digest).Warn("layer not indexed for lazy pulls; it is unpacked when pulled")
-		return indexResult{existed: existed}, nil
+	n, err := lazy.PutTOC(ctx, x.st, toc)
+	if err != nil {
+		return indexResult{existed: existed}, fmt.Errorf("lazy index of layer %s: %w", desc.Digest, err)
 	}
-	return indexResult{existed: existed}, fmt.Errorf("lazy index of layer %s: %w", desc.Digest, err)
+	return indexResult{existed: existed, built: true, bytes: toc.DataSize + n}, nil
 }
 
 // teeBuild is an index being built from a copy's stream.
