@@ -13,6 +13,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/s3snap/s3snap/integration/testenv"
+	"github.com/s3snap/s3snap/lazy"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -34,7 +35,8 @@ type pullSide struct {
 // unpacked, ~29k real files) by containerd 2.4 with its own overlayfs
 // snapshotter from a registry, by the same with its parallel unpack, and
 // through s3snap (the mirror answers the manifest, the snapshotter
-// fetches every layer from S3, eagerly). The sides run interleaved, each
+// fetches every layer from S3, eagerly): from the gzip layer blobs, and
+// from the layers' lazy indexes (zstd chunks, decoded in parallel). The sides run interleaved, each
 // round in a fresh state with dropped caches; the ratios are paired (one
 // round's containerd against the same round's agent), then the median.
 // The sub-benchmark "shaped" runs it again with every connection to the
@@ -52,8 +54,16 @@ func BenchmarkPullRealistic(b *testing.B) {
 	im := testenv.RealisticImage(b, ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH})
 	reg := testenv.StartFSRegistry(b)
 	testenv.PushToRegistry(b, reg.Addr, "bench/realistic", "v1", im)
-	testenv.PutImage(b, st, "bench/realistic", im)
-	if err := st.Tag(context.Background(), "bench/realistic", "v1", im.Digest); err != nil {
+	// The same image twice: under ecr/ as it is, under ecrix/ with the
+	// lazy index of each layer (s3snap index), which eager pulls unpack from.
+	stIndexed := store.New(e.Client(b), bucket, store.WithPrefix("ecrix"))
+	for _, s := range []*store.Store{st, stIndexed} {
+		testenv.PutImage(b, s, "bench/realistic", im)
+		if err := s.Tag(context.Background(), "bench/realistic", "v1", im.Digest); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := lazy.IndexImage(context.Background(), stIndexed, "bench/realistic", im.Digest, nil); err != nil {
 		b.Fatal(err)
 	}
 	_, igzip := exec.LookPath("igzip")
@@ -99,13 +109,13 @@ func pullSides(ref, regAddr string, e *testenv.S3Env, bucket string, layers int)
 			return timedPull(b, c, ref, "--plain-http")
 		}
 	}
-	agent := func(extra string) func(b *testing.B) time.Duration {
+	agent := func(prefix string, source string) func(b *testing.B) time.Duration {
 		return func(b *testing.B) time.Duration {
-			a := testenv.StartAgent(b, testenv.AgentOptions{S3: e, Registries: map[string]string{regAddr: "s3://" + bucket + "/ecr"}, Extra: extra})
+			a := testenv.StartAgent(b, testenv.AgentOptions{S3: e, Registries: map[string]string{regAddr: "s3://" + bucket + "/" + prefix}})
 			c := testenv.StartContainerd(b, testenv.ContainerdOptions{Extra: a.ContainerdConfig(regAddr)})
 			d := timedPull(b, c, ref, "--hosts-dir", a.HostsDir, "--snapshotter", "s3snap")
-			if n := a.Metric(b, "s3snap_snapshotter_layers_provided_total"); int(n) != layers {
-				b.Fatalf("only %v of %d layers came from S3", n, layers)
+			if n := a.Metric(b, "s3snap_snapshotter_layers_unpacked_total", "source="+source); int(n) != layers {
+				b.Fatalf("only %v of %d layers came from S3, unpacked from their %s", n, layers, source)
 			}
 			return d
 		}
@@ -113,7 +123,8 @@ func pullSides(ref, regAddr string, e *testenv.S3Env, bucket string, layers int)
 	return []pullSide{
 		{"containerd 2.4 default", containerd("")},
 		{"containerd 2.4 max_concurrent_unpacks=2", containerd(tunedContainerd)},
-		{"s3snap eager", agent("")},
+		{"s3snap eager, from the layer blobs", agent("ecr", "blob")},
+		{"s3snap eager, from the lazy indexes", agent("ecrix", "index")},
 	}
 }
 

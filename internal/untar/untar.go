@@ -44,7 +44,7 @@ const (
 	// worker; bigger ones are streamed by the reading goroutine.
 	bufferedMax = 4 << 20
 	// Bytes read ahead of the workers, at most.
-	inflightMax = 64 << 20
+	inflightMax = 32 << 20
 )
 
 // ErrInvalidArchive is wrapped by errors about entries no layer may hold.
