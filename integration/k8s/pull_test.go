@@ -99,13 +99,16 @@ func (c *cluster) s3snap(t *testing.T, args ...string) string {
 	return runEnv(t, env, testenv.S3snapBinary(t), append([]string{"--endpoint", c.s3.Endpoint}, args...)...)
 }
 
+// runEnv runs bin and returns its stdout, failing t on error.
 func runEnv(t *testing.T, env []string, bin string, args ...string) string {
 	t.Helper()
 	cmd := execCommand(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", bin, strings.Join(args, " "), err, out)
+		t.Fatalf("%s %s: %v\n%s%s", bin, strings.Join(args, " "), err, out, stderr.String())
 	}
 	return string(out)
 }
