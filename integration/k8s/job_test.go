@@ -126,7 +126,9 @@ func TestK8sMigrateIndexedJob(t *testing.T) {
 		t.Errorf("job status: %d succeeded, indexes %q completed, %d failed; want 4, 0-3 and the killed pod failed", job.Status.Succeeded, job.Status.CompletedIndexes, job.Status.Failed)
 	}
 	out := c.s3snap(t, "verify", "-o", "json", "--ecr-endpoint", c.env["ECR_ENDPOINT"], "--repo", "^mig/", "ecr://"+c.ecrHost, "s3://"+dst)
-	var rep struct{ Summary struct{ Images, OK, Failed int } }
+	var rep struct {
+		Summary struct{ Images, OK, Failed int }
+	}
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("s3snap verify -o json: %v\n%s", err, out)
 	}
