@@ -461,9 +461,10 @@ authorization: {mode: AlwaysAllow}
 clusterDomain: cluster.local
 resolvConf: /etc/resolv.conf
 serializeImagePulls: false
-# Image GC: no minimum age, so what kubelet finds unused it may remove at
-# once; the thresholds can be set (in $DIR/kubelet.env) to make it run.
-imageMinimumGCAge: 0s
+# Image GC: a minimum age of 1s (0 means the default, 2m), so what kubelet
+# finds unused it may remove at once; the thresholds can be set (in
+# $DIR/kubelet.env) to make it run.
+imageMinimumGCAge: 1s
 imageGCHighThresholdPercent: ${KUBELET_IMAGE_GC_HIGH:-85}
 imageGCLowThresholdPercent: ${KUBELET_IMAGE_GC_LOW:-80}
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "${KUBELET_IMAGEFS_AVAILABLE:-1%}", nodefs.inodesFree: "1%"}
@@ -525,6 +526,7 @@ export S3SNAP_K8S_AGENT_METRICS=127.0.0.1:$METRICS_PORT
 export S3SNAP_K8S_AGENT_MIRROR=127.0.0.1:$MIRROR_PORT
 export S3SNAP_K8S_AGENT_CONFIG=$DIR/node/etc/s3snap/config.toml
 export S3SNAP_K8S_CONTAINERD=$DIR/run/containerd.sock
+export S3SNAP_K8S_KUBELET=localhost:$KUBELET_PORT
 export S3SNAP_K8S_AGENT_ROOT=$DIR/disk/agent
 export S3SNAP_K8S_DISK=$DIR/disk
 export S3SNAP_K8S_REGISTRY=127.0.0.1:$REGISTRY_PORT

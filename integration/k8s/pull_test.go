@@ -114,9 +114,13 @@ func runEnv(t *testing.T, env []string, bin string, args ...string) string {
 }
 
 // deployment is a one-replica Deployment of image whose pod prints its
-// files' hashes and stays up.
-func deployment(ns, name, image, pullPolicy string, args []string) string {
+// files' hashes and stays up; podSpec lines are added to its pod's spec.
+func deployment(ns, name, image, pullPolicy string, args []string, podSpec ...string) string {
 	quoted, _ := json.Marshal(args)
+	extra := ""
+	for _, l := range podSpec {
+		extra += "      " + l + "\n"
+	}
 	return fmt.Sprintf(`apiVersion: apps/v1
 kind: Deployment
 metadata: {name: %[2]s, namespace: %[1]s}
@@ -136,15 +140,15 @@ spec:
         imagePullPolicy: %[4]s
         command: %[5]s
         env: [{name: HELLO_WAIT, value: "1"}]
-`, ns, name, image, pullPolicy, quoted)
+%[6]s`, ns, name, image, pullPolicy, quoted, extra)
 }
 
 // deploy applies a Deployment and waits for its rollout, returning the time
 // from apply to the pod Ready.
-func (c *cluster) deploy(t *testing.T, ns, name, image, pullPolicy string, args []string) time.Duration {
+func (c *cluster) deploy(t *testing.T, ns, name, image, pullPolicy string, args []string, podSpec ...string) time.Duration {
 	t.Helper()
 	start := time.Now()
-	c.apply(t, deployment(ns, name, image, pullPolicy, args))
+	c.apply(t, deployment(ns, name, image, pullPolicy, args, podSpec...))
 	c.kubectl(t, "-n", ns, "rollout", "status", "deployment/"+name, "--timeout=180s")
 	return time.Since(start)
 }
