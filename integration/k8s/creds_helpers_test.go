@@ -89,18 +89,26 @@ func (m *minio) bucket(t *testing.T, name string) {
 // its shortest).
 func (m *minio) assumeRole(t *testing.T) ststypes.Credentials {
 	t.Helper()
+	creds, err := m.assumeRoleErr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return creds
+}
+
+func (m *minio) assumeRoleErr() (ststypes.Credentials, error) {
 	c := sts.New(sts.Options{Region: "us-east-1", BaseEndpoint: aws.String(m.endpoint),
 		Credentials: credentials.NewStaticCredentialsProvider(m.rootUser, m.rootPass, "")})
 	out, err := c.AssumeRole(context.Background(), &sts.AssumeRoleInput{
 		RoleArn: aws.String("arn:aws:iam::123456789012:role/s3snap-node"), RoleSessionName: aws.String("s3snap-test"),
 		DurationSeconds: aws.Int32(900)})
 	if err != nil {
-		t.Fatalf("minio sts AssumeRole: %v", err)
+		return ststypes.Credentials{}, fmt.Errorf("minio sts AssumeRole: %w", err)
 	}
 	if out.Credentials == nil || aws.ToString(out.Credentials.SessionToken) == "" {
-		t.Fatalf("minio sts AssumeRole gave no session credentials: %+v", out.Credentials)
+		return ststypes.Credentials{}, fmt.Errorf("minio sts AssumeRole gave no session credentials: %+v", out.Credentials)
 	}
-	return *out.Credentials
+	return *out.Credentials, nil
 }
 
 // keyRecorder is a reverse proxy in front of an S3 server that records the
