@@ -10,7 +10,8 @@
 #
 # Everything lives under one scratch directory ($S3SNAP_K8S_DIR, default
 # /tmp/s3snap-k8s) and is stopped by PID. Loopback only: the pods' bridge
-# (s3snapk8s0) has no route out and no NAT.
+# (s3snapk8s0) has no route out and no NAT. One cluster per machine (kubelet's
+# cgroups, the bridge): integration/k8s's tests take a lock for theirs.
 #
 # Usage: integration/k8s.sh install|up|down|status|env|kubelet-restart|agent-restart|containerd-restart s3snap|plain
 #   install   build/install the tools only (~15 min the first time on 2 cores)

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,6 +40,7 @@ var up struct {
 	err     error
 	missing string // a binary or server the cluster needs is absent
 	dir     string // set once the cluster is up: TestMain takes it down
+	lock    *os.File
 }
 
 func TestMain(m *testing.M) {
@@ -106,6 +108,17 @@ func startCluster() (*cluster, error) {
 	dir := os.Getenv("S3SNAP_K8S_DIR")
 	start := time.Now()
 	if dir == "" {
+		// One cluster per machine (kubelet's cgroups, the pods' bridge): a
+		// second `go test` run waits here for the first to finish. The lock
+		// goes with the test binary.
+		lock, err := os.OpenFile(filepath.Join(os.TempDir(), "s3snap-k8s.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+			return nil, fmt.Errorf("lock %s: %w", lock.Name(), err)
+		}
+		up.lock = lock
 		// Short: unix socket paths are limited to 108 bytes.
 		if dir, err = os.MkdirTemp("", "k8s-"); err != nil {
 			return nil, err

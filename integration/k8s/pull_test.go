@@ -207,7 +207,7 @@ func (p pullCounts) since(before pullCounts) pullCounts {
 func TestK8sDeploymentPullsFromS3(t *testing.T) {
 	c := theCluster(t)
 	ns := c.namespace(t)
-	const layers, size = 3, 16 << 20
+	const layers, size = 3, 32 << 20
 
 	t.Run("eager", func(t *testing.T) {
 		im := newImage(t, 100, layers, size)
