@@ -7,9 +7,9 @@
 #
 # It also installs, at pinned versions, what tests start on demand: crane,
 # containerd + ctr + shim (2.4, and 1.7 in bin/containerd-1.7/), crictl,
-# Debian's runc and fuse3, and (integration/k8s.sh install) Kubernetes, etcd,
-# CNI plugins, ec2-metadata-mock and MinIO. Go binaries are built once with
-# `go install` into a cache outside the repo and reused.
+# Debian's runc and fuse3. Go binaries are built once with `go install` into a
+# cache outside the repo and reused. (The Kubernetes cluster integration/k8s's
+# tests start is integration/k8s.sh's: `make test` installs it too.)
 #
 # Usage: integration/env.sh install|up|down|status|env
 #   install  build/install the tools only
@@ -131,8 +131,6 @@ install() {
   gobuild honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION" staticcheck
   build_crictl
   build_containerd17
-  # The one-node Kubernetes cluster integration/k8s's tests start.
-  "$(dirname "$0")/k8s.sh" install
 }
 
 running() { [[ -f "$STATE/$1.pid" ]] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
