@@ -119,6 +119,14 @@ func startCluster() (*cluster, error) {
 			return nil, fmt.Errorf("lock %s: %w", lock.Name(), err)
 		}
 		up.lock = lock
+		// Holding the lock, any other cluster directory is a run that died
+		// (a test timeout kills the binary before TestMain's cleanup).
+		stale, _ := filepath.Glob(filepath.Join(os.TempDir(), "k8s-*", "kubeconfig"))
+		for _, kc := range stale {
+			if out, err := k8sScript(filepath.Dir(kc), "down", "--purge"); err != nil {
+				return nil, fmt.Errorf("k8s.sh down of a stale cluster in %s: %v\n%s", filepath.Dir(kc), err, out)
+			}
+		}
 		// Short: unix socket paths are limited to 108 bytes.
 		if dir, err = os.MkdirTemp("", "k8s-"); err != nil {
 			return nil, err
