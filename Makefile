@@ -6,7 +6,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -X main.version=$(VERSION)
 CACHEBIN := $(or $(S3SNAP_BIN),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/s3snap/bin)
 
-.PHONY: build demo test unit lint fuzz env-up env-down bench clean
+.PHONY: build demo test unit lint fuzz env-up env-down k8s-install bench clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/s3snap ./cmd/s3snap
@@ -21,6 +21,12 @@ env-up:
 env-down:
 	integration/env.sh down
 
+# integration/k8s's one-node cluster: Kubernetes, etcd, CNI plugins,
+# ec2-metadata-mock and MinIO at pinned versions (~16 min the first time,
+# then cached); `make demo` does not need them.
+k8s-install:
+	integration/k8s.sh install
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -34,7 +40,7 @@ unit:
 # Tests never ask an EC2 instance metadata service (none exists here).
 test bench: export AWS_EC2_METADATA_DISABLED := true
 
-test: env-up lint
+test: env-up k8s-install lint
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) --no-print-directory fuzz
 

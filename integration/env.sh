@@ -8,7 +8,8 @@
 # It also installs, at pinned versions, what tests start on demand: crane,
 # containerd + ctr + shim (2.4, and 1.7 in bin/containerd-1.7/), crictl,
 # Debian's runc and fuse3. Go binaries are built once with `go install` into a
-# cache outside the repo and reused.
+# cache outside the repo and reused. (The Kubernetes cluster integration/k8s's
+# tests start is integration/k8s.sh's: `make test` installs it too.)
 #
 # Usage: integration/env.sh install|up|down|status|env
 #   install  build/install the tools only

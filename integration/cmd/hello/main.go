@@ -1,6 +1,7 @@
 // Command hello is the program test images run: it prints a greeting and
 // the sha256 of each file named on the command line, so a test can check
-// from inside a running container that every layer landed intact.
+// from inside a running container that every layer landed intact. With
+// HELLO_WAIT set it then stays up until SIGTERM, as a Deployment's pod must.
 package main
 
 import (
@@ -8,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 )
 
 func main() {
@@ -29,6 +32,11 @@ func main() {
 			continue
 		}
 		fmt.Printf("%x  %s\n", h.Sum(nil), name)
+	}
+	if os.Getenv("HELLO_WAIT") != "" {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		<-sig
 	}
 	os.Exit(status)
 }
