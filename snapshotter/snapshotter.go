@@ -76,7 +76,7 @@ func WithStagedTTL(d time.Duration) Option { return func(o *options) { o.stagedT
 // New opens (or creates) the snapshotter's state under root, removing
 // staging snapshots a previous run left behind.
 func New(ctx context.Context, root string, stores StoreFunc, opts ...Option) (*Snapshotter, error) {
-	o := options{unpackJobs: 2, stagedTTL: 10 * time.Minute, lazy: lazyOptions{prefetchJobs: 1, runJobs: 2, runBytes: 16 << 20}}
+	o := options{unpackJobs: 2, stagedTTL: 10 * time.Minute}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -98,6 +98,7 @@ func New(ctx context.Context, root string, stores StoreFunc, opts ...Option) (*S
 			return nil, err
 		}
 		s.lazy.restoreLazy(ctx)
+		go s.lazy.watch(lifetime, lazyWatchEvery)
 		if o.lazy.enabled {
 			s.providers = append(s.providers, s.lazy)
 		}
@@ -195,7 +196,7 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 // Usage of a lazy snapshot is the bytes of its layer on local disk.
 func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, error) {
 	if s.lazy != nil {
-		if u, ok := s.lazy.usage(key); ok {
+		if u, ok := s.lazy.usage(ctx, key); ok {
 			return u, nil
 		}
 	}
