@@ -282,3 +282,16 @@ func S3snapBinary(t testing.TB) string {
 	}
 	return s3snapBin.path
 }
+
+// S3snapBinaryVersion builds ./cmd/s3snap as version (-X main.version),
+// a build other than S3snapBinary's, to upgrade an agent to.
+func S3snapBinaryVersion(t testing.TB, version string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "s3snap")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if out, err := RunErr(ctx, "go", "build", "-C", moduleRoot(t), "-ldflags", "-X main.version="+version, "-o", path, "./cmd/s3snap"); err != nil {
+		t.Fatalf("go build ./cmd/s3snap (version %s): %v\n%s", version, err, out)
+	}
+	return path
+}
