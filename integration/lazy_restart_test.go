@@ -122,7 +122,8 @@ func TestAgentLazySoak(t *testing.T) {
 	// during a lazy pull, then start.
 	const plan = "RRKRRKRURKRRKRK"
 	var stops, starts []time.Duration
-	kill := 0
+	kill, duringPull := 0, 0
+	records := filepath.Join(r.agent.Root, "lazy", "mounts")
 	for i, ev := range plan {
 		what := fmt.Sprintf("event %d (%c)", i+1, ev)
 		switch ev {
@@ -139,18 +140,25 @@ func TestAgentLazySoak(t *testing.T) {
 			starts = append(starts, time.Since(t1))
 		case 'K':
 			ref := r.extra[kill]
+			before := countFiles(t, records)
 			pulled := make(chan error, 1)
 			go func() {
 				_, err := r.ctrd.CtrErr(t, "images", "pull", "--hosts-dir", r.agent.HostsDir, "--snapshotter", "s3snap", ref)
 				pulled <- err
 			}()
-			// Land inside the pull: its first lazy layer being provided.
-			time.Sleep(time.Duration(50+100*kill) * time.Millisecond)
+			// Land inside the pull: once a lazy layer of it is being
+			// provided (its mount record written), a little later each time.
+			deadline := time.Now().Add(30 * time.Second)
+			for countFiles(t, records) <= before && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			time.Sleep(time.Duration(kill*3) * time.Millisecond)
 			select {
 			case err := <-pulled:
 				t.Logf("%s: the pull of %s was over before the kill (%v)", what, ref, err)
 				pulled <- err
 			default:
+				duringPull++
 			}
 			r.agent.KillWithin(t, 10*time.Second)
 			<-pulled
@@ -171,6 +179,9 @@ func TestAgentLazySoak(t *testing.T) {
 	if strings.Count(plan, "R")+strings.Count(plan, "U") != 10 || kill != 5 {
 		t.Fatalf("plan %s: want 10 restarts and 5 kills", plan)
 	}
+	if duringPull < 3 {
+		t.Errorf("only %d of 5 kills landed during a lazy pull", duringPull)
+	}
 	total, failed, bad := loop.stop(t)
 	if failed != 0 || bad != 0 || total == 0 {
 		t.Errorf("the container read %d times: %d failed, %d wrong hashes", total, failed, bad)
@@ -185,8 +196,8 @@ func TestAgentLazySoak(t *testing.T) {
 			t.Errorf("an agent stop (SIGTERM) took %s", d)
 		}
 	}
-	t.Logf("soak on kernel %s: %d reads by the container, 0 failed; 10 restarts (stop %s, start %s) and 5 kills (start %s) in %s",
-		kernel(t), total, span(stops), span(starts[:len(stops)]), span(starts[len(stops):]), time.Since(start).Round(time.Second))
+	t.Logf("soak on kernel %s: %d reads by the container, 0 failed; 10 restarts (stop %s, start %s) and 5 kills, %d during a lazy pull (start %s) in %s",
+		kernel(t), total, span(stops), span(starts[:len(stops)]), duringPull, span(starts[len(stops):]), time.Since(start).Round(time.Second))
 
 	r.rmi(t, r.ref)
 	for _, ref := range r.extra {
