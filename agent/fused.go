@@ -16,6 +16,7 @@ import (
 
 	"github.com/s3snap/s3snap/agent/config"
 	"github.com/s3snap/s3snap/lazy/fused"
+	fusedserver "github.com/s3snap/s3snap/lazy/fused/server"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -48,7 +49,7 @@ func RunFused(ctx context.Context, cfg config.Config, version string) error {
 	if err != nil {
 		return err
 	}
-	return fused.Serve(ctx, cfg.Root, storesOf(stores), fused.WithVersion(version))
+	return fusedserver.Serve(ctx, cfg.Root, storesOf(stores), fusedserver.WithVersion(version))
 }
 
 func storesOf(stores map[string][]storeEntry) func(host string) []*store.Store {

@@ -1,6 +1,7 @@
-// Package fused is the lazy FUSE server: a long-lived process of its own
-// (`s3snap agent fused`, started by the agent) that owns every lazy mount
-// of one agent root, and the agent's client of it.
+// Package fused is the protocol of the lazy FUSE server, a long-lived
+// process of its own (`s3snap agent fused`, started by the agent; package
+// lazy/fused/server) that owns every lazy mount of one agent root, and
+// the agent's client of it.
 //
 // Design: a FUSE mount lives as long as the process that reads its
 // /dev/fuse descriptor. When that was the agent, every restart, crash, OOM
@@ -95,4 +96,5 @@ func LogPath(root string) string { return filepath.Join(Dir(root), "fused.log") 
 // PIDPath holds the running server's process ID.
 func PIDPath(root string) string { return filepath.Join(Dir(root), "fused.pid") }
 
-func lockPath(root string) string { return filepath.Join(Dir(root), "lock") }
+// LockPath is the file a running server holds locked.
+func LockPath(root string) string { return filepath.Join(Dir(root), "lock") }

@@ -38,7 +38,9 @@ func checkPeer(c net.Conn) error {
 	return nil
 }
 
-// peerListener accepts only connections from our own user.
+// PeerListener wraps l to accept only connections from our own user.
+func PeerListener(l net.Listener) net.Listener { return peerListener{l} }
+
 type peerListener struct{ net.Listener }
 
 func (l peerListener) Accept() (net.Conn, error) {

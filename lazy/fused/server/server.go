@@ -1,4 +1,8 @@
-package fused
+// Package server is the lazy FUSE server itself (package fused has the
+// design, the protocol and the agent's client): the one process that
+// mounts and serves lazy layers, with package lazy/mount. Kept apart so
+// that what only talks to it (the snapshotter, doctor) never links go-fuse.
+package server
 
 import (
 	"context"
@@ -21,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/s3snap/s3snap/lazy"
+	"github.com/s3snap/s3snap/lazy/fused"
 	"github.com/s3snap/s3snap/lazy/mount"
 	"github.com/s3snap/s3snap/store"
 )
@@ -31,31 +36,31 @@ var ErrRunning = errors.New("a lazy FUSE server is already running for this root
 // StoreFunc returns the stores of a registry host, as the agent's.
 type StoreFunc func(host string) []*store.Store
 
-type serverOptions struct {
+type options struct {
 	version      string
 	prefetchJobs int
 	runJobs      int
 	runBytes     int64
 }
 
-// ServerOption configures Serve.
-type ServerOption func(*serverOptions)
+// Option configures Serve.
+type Option func(*options)
 
 // WithVersion is the version Info reports (the binary's).
-func WithVersion(v string) ServerOption { return func(o *serverOptions) { o.version = v } }
+func WithVersion(v string) Option { return func(o *options) { o.version = v } }
 
 // WithPrefetch sets how many layers prefetch at once, and per layer the
 // ranged reads in flight and the compressed bytes of one read (default
 // 1, 2 and 16MiB).
-func WithPrefetch(layers, runJobs int, runBytes int64) ServerOption {
-	return func(o *serverOptions) { o.prefetchJobs, o.runJobs, o.runBytes = layers, runJobs, runBytes }
+func WithPrefetch(layers, runJobs int, runBytes int64) Option {
+	return func(o *options) { o.prefetchJobs, o.runJobs, o.runBytes = layers, runJobs, runBytes }
 }
 
 // server holds the lazy mounts of one agent root.
 type server struct {
 	root     string
 	stores   StoreFunc
-	opts     serverOptions
+	opts     options
 	cache    *lazy.Cache
 	ctx      context.Context // lifetime: prefetches stop with it
 	prefetch chan struct{}   // semaphore: layers prefetching
@@ -68,7 +73,7 @@ type server struct {
 }
 
 type served struct {
-	req    Mount
+	req    fused.Mount
 	layer  *lazy.Layer
 	mnt    *mount.Mounted
 	cancel context.CancelFunc
@@ -78,24 +83,24 @@ type served struct {
 // or a client asks it to shut down; either way it unmounts every mount
 // (detaching those in use) before it returns. It fails with ErrRunning if
 // another server serves root.
-func Serve(ctx context.Context, root string, stores StoreFunc, opts ...ServerOption) error {
-	o := serverOptions{prefetchJobs: 1, runJobs: 2, runBytes: 16 << 20}
+func Serve(ctx context.Context, root string, stores StoreFunc, opts ...Option) error {
+	o := options{prefetchJobs: 1, runJobs: 2, runBytes: 16 << 20}
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if err := os.MkdirAll(Dir(root), 0o700); err != nil {
+	if err := os.MkdirAll(fused.Dir(root), 0o700); err != nil {
 		return fmt.Errorf("fused: %w", err)
 	}
-	if err := os.Chmod(Dir(root), 0o700); err != nil {
+	if err := os.Chmod(fused.Dir(root), 0o700); err != nil {
 		return fmt.Errorf("fused: %w", err)
 	}
-	lock, err := os.OpenFile(lockPath(root), os.O_CREATE|os.O_RDWR, 0o600)
+	lock, err := os.OpenFile(fused.LockPath(root), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return fmt.Errorf("fused: %w", err)
 	}
 	defer lock.Close()
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		return fmt.Errorf("fused: lock %s: %w", lockPath(root), ErrRunning)
+		return fmt.Errorf("fused: lock %s: %w", fused.LockPath(root), ErrRunning)
 	}
 	cache, err := lazy.NewCache(filepath.Join(root, "lazy", "chunks"))
 	if err != nil {
@@ -103,7 +108,7 @@ func Serve(ctx context.Context, root string, stores StoreFunc, opts ...ServerOpt
 	}
 	defer cache.Close()
 	// Holding the lock, no other server uses the socket: an old one is stale.
-	sock := SocketPath(root)
+	sock := fused.SocketPath(root)
 	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("fused: remove stale socket: %w", err)
 	}
@@ -116,11 +121,11 @@ func Serve(ctx context.Context, root string, stores StoreFunc, opts ...ServerOpt
 		l.Close()
 		return fmt.Errorf("fused: %w", err)
 	}
-	if err := os.WriteFile(PIDPath(root), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(fused.PIDPath(root), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
 		l.Close()
 		return fmt.Errorf("fused: %w", err)
 	}
-	defer os.Remove(PIDPath(root))
+	defer os.Remove(fused.PIDPath(root))
 
 	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
@@ -131,7 +136,7 @@ func Serve(ctx context.Context, root string, stores StoreFunc, opts ...ServerOpt
 	}
 	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(peerListener{l}) }()
+	go func() { errc <- srv.Serve(fused.PeerListener(l)) }()
 	log.G(ctx).WithFields(log.Fields{"socket": sock, "version": o.version, "pid": os.Getpid()}).Info("lazy FUSE server ready")
 
 	select {
@@ -160,13 +165,13 @@ func (s *server) handler() http.Handler {
 		s.mu.Lock()
 		n := len(s.mounts)
 		s.mu.Unlock()
-		reply(w, Info{Version: s.opts.version, PID: os.Getpid(), Mounts: n}, nil)
+		reply(w, fused.Info{Version: s.opts.version, PID: os.Getpid(), Mounts: n}, nil)
 	})
 	mux.HandleFunc("GET /v1/mounts", func(w http.ResponseWriter, _ *http.Request) {
 		reply(w, s.list(), nil)
 	})
 	mux.HandleFunc("POST /v1/mount", func(w http.ResponseWriter, r *http.Request) {
-		var m Mount
+		var m fused.Mount
 		if err := json.NewDecoder(io.LimitReader(r.Body, 16<<20)).Decode(&m); err != nil {
 			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
 			return
@@ -215,7 +220,7 @@ func (s *server) checkDir(dir string) error {
 
 // check refuses a request naming a mount point checkDir refuses, or a
 // malformed digest.
-func (s *server) check(m Mount) error {
+func (s *server) check(m fused.Mount) error {
 	if err := s.checkDir(m.Dir); err != nil {
 		return err
 	}
@@ -231,7 +236,7 @@ func (s *server) check(m Mount) error {
 // mount mounts m; a mount of the same layer through the same TOC at the
 // same place is kept (the agent re-adopting it), anything else there is
 // replaced.
-func (s *server) mount(m Mount) error {
+func (s *server) mount(m fused.Mount) error {
 	if err := s.check(m); err != nil {
 		return err
 	}
@@ -289,7 +294,7 @@ func (s *server) mount(m Mount) error {
 
 // safeMount mounts; the index was validated, but the server must outlive
 // anything a mount of untrusted input could still trip over.
-func safeMount(ctx context.Context, m Mount, l *lazy.Layer) (_ *mount.Mounted, err error) {
+func safeMount(ctx context.Context, m fused.Mount, l *lazy.Layer) (_ *mount.Mounted, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("mount lazy layer %s: panic: %v: %w", m.Layer, p, lazy.ErrInvalidIndex)
@@ -300,7 +305,7 @@ func safeMount(ctx context.Context, m Mount, l *lazy.Layer) (_ *mount.Mounted, e
 
 // readTOC reads the local copy of m's TOC the agent checked and kept,
 // checking again that it is that one.
-func (s *server) readTOC(m Mount) (*lazy.TOC, error) {
+func (s *server) readTOC(m fused.Mount) (*lazy.TOC, error) {
 	f, err := os.Open(filepath.Join(s.root, "lazy", "toc", m.TOC.Encoded()))
 	if err != nil {
 		return nil, fmt.Errorf("toc of %s: %w", m.Layer, err)
@@ -325,7 +330,7 @@ func (s *server) readTOC(m Mount) (*lazy.TOC, error) {
 
 // store is the store m's index came from, else the host's first; nil when
 // the host is no longer mapped (then only cached chunks read).
-func (s *server) store(m Mount) *store.Store {
+func (s *server) store(m fused.Mount) *store.Store {
 	stores := s.stores(m.Host)
 	for _, st := range stores {
 		if st.URL() == m.Store {
@@ -406,7 +411,7 @@ func (s *server) unmountAll() {
 	}
 }
 
-func (s *server) list() []State {
+func (s *server) list() []fused.State {
 	s.mu.Lock()
 	all := make([]*served, 0, len(s.mounts))
 	for _, sv := range s.mounts {
@@ -414,9 +419,9 @@ func (s *server) list() []State {
 	}
 	s.mu.Unlock()
 	mounted := lazyMountPoints()
-	out := make([]State, 0, len(all))
+	out := make([]fused.State, 0, len(all))
 	for _, sv := range all {
-		out = append(out, State{
+		out = append(out, fused.State{
 			Mount: sv.req, Mounted: mounted[sv.req.Dir],
 			CachedBytes: sv.layer.CachedBytes(), Inodes: int64(len(sv.layer.TOC().Entries)),
 		})
