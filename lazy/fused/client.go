@@ -123,14 +123,19 @@ func (c *Client) Shutdown(ctx context.Context, ifIdle bool, timeout time.Duratio
 	if err := c.do(ctx, http.MethodPost, "/v1/shutdown"+q, nil, nil); err != nil {
 		return err
 	}
+	// It stops answering once every mount is gone; then the process exits.
 	deadline := time.Now().Add(timeout)
-	for syscall.Kill(info.PID, 0) == nil {
+	for {
+		_, err := c.Info(ctx)
+		gone := errors.Is(err, ErrNotRunning) && (info.PID == os.Getpid() || syscall.Kill(info.PID, 0) != nil)
+		if gone {
+			return nil
+		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("lazy FUSE server (pid %d) still running after %s", info.PID, timeout)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return nil
 }
 
 // Gather returns the server's metrics (the layers' reads and fetches
