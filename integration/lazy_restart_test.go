@@ -206,6 +206,15 @@ func TestAgentLazySoak(t *testing.T) {
 	if m := testenv.LazyMountPoints(r.agent.Root); len(m) != 0 {
 		t.Errorf("lazy mounts left after every image was removed: %v", m)
 	}
+
+	// The upgraded agent kept the old server while it held mounts; idle
+	// now, it is replaced by the agent's own version at the next start.
+	old := r.agent.FusedPID()
+	r.agent.Restart(t)
+	info, err := fused.NewClient(r.agent.Root).Info(context.Background())
+	if err != nil || info.Version != "soak-upgrade" || info.PID == old {
+		t.Errorf("after the upgrade and with no mount left, the server is %+v (%v); want a new one of version soak-upgrade (old pid %d)", info, err, old)
+	}
 }
 
 // TestAgentLazySIGTERMWithRunningContainer: with a container reading its

@@ -91,14 +91,22 @@ func (l *lazyProvider) checkMounted(ctx context.Context, name string) error {
 // meanwhile) is unmounted. Nothing here can stop the agent from starting.
 func (l *lazyProvider) restoreLazy(ctx context.Context) {
 	served := map[string]fused.State{}
-	states, err := l.fs.List(ctx)
-	if err != nil && !errors.Is(err, fused.ErrNotRunning) {
-		log.G(ctx).WithError(err).Warn("lazy: list the server's mounts; mounting every layer again")
+	states, listErr := l.fs.List(ctx)
+	if listErr != nil && !errors.Is(listErr, fused.ErrNotRunning) {
+		// A server that does not answer in time would hold up the start
+		// for every mount: the layers wait, unavailable, for the retry
+		// loop (which keeps a mount the server still serves).
+		log.G(ctx).WithError(listErr).Warn("lazy: the lazy FUSE server does not answer; its layers wait for it")
+	} else {
+		listErr = nil
 	}
 	for _, st := range states {
 		served[st.Dir] = st
 	}
 	defer func() {
+		if listErr != nil {
+			return
+		}
 		// Only now: records dropped above must not keep their mounts.
 		named := map[string]bool{}
 		l.mu.Lock()
@@ -140,6 +148,10 @@ func (l *lazyProvider) restoreLazy(ctx context.Context) {
 		}
 		if st, ok := served[rec.Dir]; ok && st.Mounted && st.Layer == rec.Layer && st.TOC == rec.TOC && rec.TOC != "" {
 			l.adopt(rec)
+			continue
+		}
+		if listErr != nil {
+			l.setUnavailable(rec, listErr)
 			continue
 		}
 		if err := l.remountLazy(ctx, rec); err != nil {

@@ -40,13 +40,27 @@ func NewClient(root string) *Client {
 		// A request never waits on a connection the server closed meanwhile.
 		DisableKeepAlives: true,
 	}
-	return &Client{root: root, http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}}
+	return &Client{root: root, http: &http.Client{Transport: tr}}
 }
+
+// Timeouts of one request: a server that hangs must not hang the agent
+// (its start, its Usage answers) for long; a mount builds the layer's
+// tree first, which takes longer for huge layers.
+const (
+	queryTimeout = 10 * time.Second
+	mountTimeout = 2 * time.Minute
+)
 
 // Root is the agent root whose server this client talks to.
 func (c *Client) Root() string { return c.root }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	timeout := queryTimeout
+	if path == "/v1/mount" {
+		timeout = mountTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -141,6 +155,8 @@ func (c *Client) Shutdown(ctx context.Context, ifIdle bool, timeout time.Duratio
 // Gather returns the server's metrics (the layers' reads and fetches
 // happen there).
 func (c *Client) Gather(ctx context.Context) (map[string]*dto.MetricFamily, error) {
+	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://fused/metrics", nil)
 	if err != nil {
 		return nil, err
