@@ -147,9 +147,17 @@ func (m *mounter) gatherer(ctx context.Context) prometheus.Gatherer {
 	})
 }
 
+// startIfNeeded starts the server with lazy mode on; with it off, a
+// server left idle by an earlier run is stopped, and one is started only
+// when an earlier run's lazy layer is mounted again.
 func (m *mounter) startIfNeeded(ctx context.Context, lazyEnabled bool) {
-	if _, err := m.Info(ctx); err != nil && !lazyEnabled {
-		return // started when a lazy mount needs it
+	if !lazyEnabled {
+		if info, err := m.Info(ctx); err == nil && info.Mounts == 0 {
+			if err := m.Shutdown(ctx, true, 10*time.Second); err != nil {
+				log.G(ctx).WithError(err).Debug("lazy FUSE server: stop the idle server")
+			}
+		}
+		return
 	}
 	if err := m.ensure(ctx); err != nil {
 		log.G(ctx).WithError(err).Error("lazy FUSE server: cannot start it; lazy layers are unpacked instead meanwhile")

@@ -12,9 +12,10 @@
 // providers. The eager one (eager.go) fetches the layer with parallel
 // ranged GETs, verifies and unpacks it; the first layer's Prepare starts
 // every missing layer of the image unpacking at once (jobs.go, stores.go,
-// unpack.go). The lazy one (lazy.go, lazy_restore.go), when lazy mode is
-// on, commits the layer empty and mounts its index there with package
-// lazy, fetching file data on first read. Either commits through
+// unpack.go). The lazy one (lazy.go, lazy_restore.go, lazy_watch.go),
+// when lazy mode is on, commits the layer empty and has the lazy FUSE
+// server (package lazy/fused, a process of its own) mount its index
+// there, fetching file data on first read. Either commits through
 // commitLayer, only under the chain ID the layer makes (chain.go), with
 // its implicit directories as containerd's applier makes them
 // (parents.go).
