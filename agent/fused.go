@@ -24,6 +24,7 @@ type runOptions struct {
 	version    string
 	configPath string
 	logLevel   string
+	external   bool // [lazy] server = "external": never start one
 }
 
 // Option configures Run.
@@ -71,6 +72,7 @@ type mounter struct {
 }
 
 func newMounter(cfg config.Config, o runOptions) *mounter {
+	o.external = cfg.Lazy.Server == config.LazyServerExternal
 	return &mounter{Client: fused.NewClient(cfg.Root), o: o}
 }
 
@@ -79,6 +81,16 @@ func newMounter(cfg config.Config, o runOptions) *mounter {
 func (m *mounter) ensure(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.o.external {
+		info, err := m.Info(ctx)
+		if err == nil && info.Version != m.o.version {
+			log.G(ctx).WithFields(log.Fields{"running": info.Version, "agent": m.o.version}).Warn("the external lazy FUSE server is of another version")
+		}
+		if errors.Is(err, fused.ErrNotRunning) {
+			return fmt.Errorf("[lazy] server = %q and none runs (s3snap agent fused): %w", config.LazyServerExternal, err)
+		}
+		return err
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("lazy FUSE server: %w", err)
@@ -151,6 +163,12 @@ func (m *mounter) gatherer(ctx context.Context) prometheus.Gatherer {
 // server left idle by an earlier run is stopped, and one is started only
 // when an earlier run's lazy layer is mounted again.
 func (m *mounter) startIfNeeded(ctx context.Context, lazyEnabled bool) {
+	if m.o.external {
+		if err := m.ensure(ctx); err != nil && lazyEnabled {
+			log.G(ctx).WithError(err).Warn("lazy FUSE server: not running yet; lazy layers are unpacked instead meanwhile")
+		}
+		return
+	}
 	if !lazyEnabled {
 		if info, err := m.Info(ctx); err == nil && info.Mounts == 0 {
 			if err := m.Shutdown(ctx, true, 10*time.Second); err != nil {

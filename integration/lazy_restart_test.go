@@ -12,6 +12,7 @@ import (
 
 	"github.com/s3snap/s3snap/integration/testenv"
 	"github.com/s3snap/s3snap/lazy/fused"
+	"github.com/s3snap/s3snap/store"
 )
 
 // lazyRestartEnv is a lazy agent and containerd with one three-layer
@@ -313,6 +314,64 @@ func TestAgentLazyKillDuringMount(t *testing.T) {
 		r.run(t, r.ref, fmt.Sprintf("first-after-kill-%d", i), r.files)
 		checkServed(t, r.agent)
 	}
+}
+
+// TestAgentLazyExternalServer: with [lazy] server = "external" the lazy
+// FUSE server is run apart (as a second container of a DaemonSet's pod,
+// which an agent container's restart does not kill): the agent never
+// starts one, mounts through the one running, and re-adopts its mounts
+// after a SIGKILL. Without a server, layers are unpacked instead, and a
+// lazy layer whose server went away is never shown until a server runs
+// again and the agent has mounted it.
+func TestAgentLazyExternalServer(t *testing.T) {
+	e := testenv.S3(t)
+	bucket := e.NewBucket(t)
+	reg := testenv.StartFSRegistry(t)
+	a, b, c, files := loopFiles(43)
+	p := &pullEnv{e: e, bucket: bucket, reg: reg, upstream: reg.Addr}
+	p.st = store.New(e.Client(t), bucket, store.WithPrefix("ecr"))
+	p.agent = testenv.StartAgent(t, testenv.AgentOptions{
+		S3:         e,
+		Registries: map[string]string{p.upstream: "s3://" + bucket + "/ecr"},
+		Extra:      "[lazy]\nenabled = true\nserver = \"external\"\n",
+	})
+	p.startContainerd(t, testenv.Containerd2, false)
+	if pid := p.agent.FusedPID(); pid != 0 {
+		t.Fatalf("the agent started a lazy FUSE server (%d) though it is external", pid)
+	}
+	ref := p.add(t, "team/app", testenv.RunnableImage(t, a, b, c), true)
+	runIndex(t, indexCLI(t, e), "s3://"+bucket+"/ecr/team/app:v1")
+
+	srv := p.agent.StartFused(t)
+	p.pull(t, ref)
+	if m := testenv.LazyMountPoints(p.agent.Root); len(m) != 4 {
+		t.Fatalf("lazy mounts %v, want 4", m)
+	}
+	p.agent.KillWithin(t, 10*time.Second)
+	p.agent.StartAgain(t)
+	p.waitSnapshotter(t)
+	if n := p.agent.Metric(t, "s3snap_snapshotter_lazy_layers_total"); n != 0 {
+		t.Errorf("after the agent's SIGKILL %v layers were mounted anew, want 0 (re-adopted)", n)
+	}
+	p.run(t, ref, "adopted", files)
+
+	// The server goes (its container restarted): nothing is shown until
+	// one runs again and the agent has mounted the layers.
+	srv.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := p.ctrd.CtrErr(t, "run", "--rm", "--snapshotter", "s3snap", ref, "gone-"+p.ctrd.Namespace, "/hello")
+		if err != nil && strings.Contains(out, "lazy layer not mounted") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("with no lazy FUSE server the image still ran, or failed otherwise: %v\n%s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	p.agent.StartFused(t)
+	checkServed(t, p.agent)
+	p.run(t, ref, "served-again", files)
 }
 
 func countFiles(t *testing.T, dir string) int {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -17,6 +18,10 @@ func TestLazyConfig(t *testing.T) {
 		{"on", "[lazy]\nenabled = true\n" + registry, true, nil},
 		{"unknown key", "[lazy]\nenable = true\n" + registry, false, ErrInvalidConfig},
 		{"not a bool", "[lazy]\nenabled = \"yes\"\n" + registry, false, ErrInvalidConfig},
+		{"external server", "[lazy]\nenabled = true\nserver = \"external\"\n" + registry, true, nil},
+		{"server by the agent", "[lazy]\nenabled = true\nserver = \"agent\"\n" + registry, true, nil},
+		{"unknown server", "[lazy]\nenabled = true\nserver = \"systemd\"\n" + registry, false, ErrInvalidConfig},
+		{"root too long for the server's socket", "root = \"/" + strings.Repeat("r", 95) + "\"\n[lazy]\nenabled = true\n" + registry, false, ErrInvalidConfig},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

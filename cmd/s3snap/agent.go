@@ -52,6 +52,11 @@ The config file (TOML; unknown keys are errors):
 
   # Images of this registry host are looked for under this bucket and
   # prefix (the prefix is taken as written: no probing).
+  [lazy]
+  enabled = false                       # mount indexed layers with FUSE, read on demand (default off)
+  # server = "external"                 # the lazy FUSE server is run apart (s3snap agent
+                                        # fused); default "agent": the agent starts it
+
   [[registry]]
   host  = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
   store = "s3://my-images/ecr"

@@ -108,3 +108,16 @@ func LazyMountPoints(dir string) []string {
 	}
 	return out
 }
+
+// StartFused runs the agent's lazy FUSE server as a process of the test's
+// own, as a second container of a DaemonSet's pod would ([lazy] server =
+// "external"), and waits until it answers.
+func (a *Agent) StartFused(t testing.TB) *Process {
+	t.Helper()
+	p := Start(t, "s3snap-fused", a.env, a.bin, "agent", "fused", "--config", a.ConfigPath, "--log-level", "debug")
+	WaitFor(t, p, 30*time.Second, "lazy FUSE server", func() bool {
+		_, err := fused.NewClient(a.Root).Info(context.Background())
+		return err == nil
+	})
+	return p
+}
