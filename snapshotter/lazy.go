@@ -257,6 +257,11 @@ func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string
 	}
 	committed := time.Since(start)
 	if err := l.mount(ctx, rec); err != nil {
+		// A request that failed on the way (a timeout, the server dying)
+		// may still have mounted: never remove a snapshot under a mount.
+		if uerr := l.fs.Unmount(context.WithoutCancel(ctx), rec.Dir); uerr != nil {
+			log.G(ctx).WithError(uerr).WithField("dir", rec.Dir).Warn("lazy: unmount after a failed mount")
+		}
 		removeSnapshot(ctx, l.sn, r.chainID)
 		l.removeRecord(r.chainID)
 		l.setAvailable(r.chainID)
