@@ -2,14 +2,17 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/s3snap/s3snap/doctor"
 	"github.com/s3snap/s3snap/integration/testenv"
 	"github.com/s3snap/s3snap/lazy/fused"
 	"github.com/s3snap/s3snap/store"
@@ -354,10 +357,16 @@ func TestAgentLazyExternalServer(t *testing.T) {
 		t.Errorf("after the agent's SIGKILL %v layers were mounted anew, want 0 (re-adopted)", n)
 	}
 	p.run(t, ref, "adopted", files)
+	if c := lazyServerCheck(t, p.agent); c.Status != doctor.OK || !strings.Contains(c.Detail, "4 lazy mounts") {
+		t.Errorf("doctor with the server running: %+v", c)
+	}
 
 	// The server goes (its container restarted): nothing is shown until
 	// one runs again and the agent has mounted the layers.
 	srv.Stop()
+	if c := lazyServerCheck(t, p.agent); c.Status != doctor.Fail || !strings.Contains(c.Detail, "4 lazy layers recorded but no server answers") {
+		t.Errorf("doctor with no server: %+v", c)
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		out, err := p.ctrd.CtrErr(t, "run", "--rm", "--snapshotter", "s3snap", ref, "gone-"+p.ctrd.Namespace, "/hello")
@@ -372,6 +381,21 @@ func TestAgentLazyExternalServer(t *testing.T) {
 	p.agent.StartFused(t)
 	checkServed(t, p.agent)
 	p.run(t, ref, "served-again", files)
+}
+
+// lazyServerCheck is s3snap doctor's check of the agent's lazy FUSE
+// server (the other checks do not matter here).
+func lazyServerCheck(t *testing.T, a *testenv.Agent) doctor.Check {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, testenv.S3snapBinary(t), "doctor", "-o", "json", "--config", a.ConfigPath,
+		"--containerd-config", filepath.Join(t.TempDir(), "none.toml"), "--containerd-address", filepath.Join(t.TempDir(), "none.sock"), "--timeout", "2s").Output()
+	var rep doctor.Report
+	if jerr := json.Unmarshal(out, &rep); jerr != nil {
+		t.Fatalf("doctor -o json (%v): %v\n%s", err, jerr, out)
+	}
+	return find(rep, "lazy FUSE server")
 }
 
 func countFiles(t *testing.T, dir string) int {
