@@ -22,6 +22,10 @@ import (
 	"github.com/prometheus/common/model"
 )
 
+// maxLogBytes is the size past which a server's log is rotated when the
+// next server starts.
+const maxLogBytes = 16 << 20
+
 // ErrNotRunning means no server answers on the root's socket.
 var ErrNotRunning = errors.New("the lazy FUSE server is not running")
 
@@ -178,6 +182,10 @@ func (c *Client) Gather(ctx context.Context) (map[string]*dto.MetricFamily, erro
 func (c *Client) Start(ctx context.Context, exe string, args []string, env []string) (Info, error) {
 	if err := os.MkdirAll(Dir(c.root), 0o700); err != nil {
 		return Info{}, fmt.Errorf("fused: %w", err)
+	}
+	// One earlier log is kept: the file must not grow for ever.
+	if fi, err := os.Stat(LogPath(c.root)); err == nil && fi.Size() > maxLogBytes {
+		_ = os.Rename(LogPath(c.root), LogPath(c.root)+".1")
 	}
 	out, err := os.OpenFile(LogPath(c.root), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
