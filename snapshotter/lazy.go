@@ -27,8 +27,8 @@ import (
 // the background into a verified chunk cache under the root. The mounts
 // are served by the lazy FUSE server (package lazy/fused), a process of
 // its own that outlives the agent, through a Mounter: this process never
-// mounts, serves or reads a lazy mount, so no restart or kill of it
-// reaches a container's reads, nor leaves it waiting on its own mount.
+// mounts or serves a lazy mount, so no restart or kill of it reaches a
+// container's reads, nor leaves it waiting on a mount it served itself.
 // Mounts are recorded under <root>/lazy/mounts so the agent re-adopts
 // (or remounts) them when it starts again; committing before mounting
 // keeps the overlay snapshotter's disk-usage walk off the FUSE tree.

@@ -21,11 +21,14 @@
 // stable across processes and a change to go-fuse to skip INIT; a second
 // process needs none of that and works on any kernel with FUSE.
 //
-// Neither process ever makes a system call into a lazy mount: the agent
-// only talks to the server, and the server mounts with mount(2) and
-// answers INIT itself (go-fuse's mount-time poll probe, an open inside the
-// new mount, is skipped). A kill at any moment so leaves no thread waiting
-// on a mount whose server is gone.
+// No process waits on a mount it serves itself: the server never makes a
+// system call into its own mounts (it mounts with mount(2) and answers
+// INIT itself; go-fuse's mount-time poll probe, an open inside the new
+// mount, is skipped), and the agent serves none (what it reads from lazy
+// layers, the attributes of a parent's directories, the server answers).
+// A kill of either at any moment so leaves no thread waiting for good: a
+// request the killed agent made is answered by the live server, and the
+// server's death aborts its connections (ENOTCONN).
 //
 // Protocol: JSON over HTTP over the unix socket <root>/fused/fused.sock
 // (directory 0700, socket 0600); each side checks the other is the same
