@@ -443,9 +443,29 @@ func lazyMountPoints() map[string]bool {
 		if !ok || len(f) < 5 || !strings.HasPrefix(rest, "fuse.s3snap ") {
 			continue
 		}
-		out[f[4]] = true
+		out[unescapeMountinfo(f[4])] = true
 	}
 	return out
+}
+
+// unescapeMountinfo undoes mountinfo's octal escapes (\040 for a space,
+// and tab, newline and backslash likewise).
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 func isMounted(dir string) bool { return lazyMountPoints()[dir] }

@@ -283,3 +283,17 @@ func TestOtherUserRefused(t *testing.T) {
 		t.Fatalf("helper: %v\n%s", err, out)
 	}
 }
+
+func TestUnescapeMountinfo(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"/var/lib/s3snap/snapshots/1/fs", "/var/lib/s3snap/snapshots/1/fs"},
+		{`/data/my\040root/snapshots/1/fs`, "/data/my root/snapshots/1/fs"},
+		{`/a\011b\012c\134d`, "/a\tb\nc\\d"},
+		{`/trailing\04`, `/trailing\04`},
+		{`/not\999octal`, `/not\999octal`},
+	} {
+		if got := unescapeMountinfo(tc.in); got != tc.want {
+			t.Errorf("unescapeMountinfo(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
