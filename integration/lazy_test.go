@@ -167,6 +167,7 @@ func testAgentLazyPull(t *testing.T, version string) {
 
 	t.Run("restart agent: layers remounted, the image runs", func(t *testing.T) {
 		p.agent.Restart(t)
+		p.waitSnapshotter(t)
 		if m := lazyMounts(t, p.agent.Root); len(m) != len(im.Layers) {
 			t.Errorf("after restart FUSE mounts: %v, want %d", m, len(im.Layers))
 		}
@@ -186,6 +187,7 @@ func testAgentLazyPull(t *testing.T, version string) {
 			t.Fatal(err)
 		}
 		p.agent.Restart(t)
+		p.waitSnapshotter(t)
 		if m := lazyMounts(t, p.agent.Root); len(m) != len(im.Layers) {
 			t.Errorf("lazy off: FUSE mounts %v, want the %d existing ones", m, len(im.Layers))
 		}
