@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -37,7 +38,13 @@ func WithVersion(v string) Option { return func(o *runOptions) { o.version = v }
 // WithConfigPath is the config file the agent was loaded from: the lazy
 // FUSE server it starts loads the same (same stores, same credentials).
 func WithConfigPath(path, logLevel string) Option {
-	return func(o *runOptions) { o.configPath, o.logLevel = path, logLevel }
+	return func(o *runOptions) {
+		// The server runs in /: a relative path would name another file.
+		if abs, err := filepath.Abs(path); err == nil {
+			path = abs
+		}
+		o.configPath, o.logLevel = path, logLevel
+	}
 }
 
 // RunFused serves the lazy FUSE server of cfg's root (`s3snap agent
@@ -90,6 +97,9 @@ func (m *mounter) ensure(ctx context.Context) error {
 			return fmt.Errorf("[lazy] server = %q and none runs (s3snap agent fused): %w", config.LazyServerExternal, err)
 		}
 		return err
+	}
+	if m.o.configPath == "" {
+		return errors.New("lazy FUSE server: the agent's config file is unknown (agent.WithConfigPath)")
 	}
 	exe, err := os.Executable()
 	if err != nil {
