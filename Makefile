@@ -42,7 +42,7 @@ test: env-up lint
 # tars, manifests, lifecycle policies read back from the bucket) runs
 # briefly from its seed corpus; FUZZTIME=10m for a real hunt.
 FUZZTIME ?= 15s
-FUZZ_TARGETS := lazy:FuzzDecodeTOC lazy:FuzzTree lazy:FuzzBuild store:FuzzParseManifest lifecycle:FuzzPolicy
+FUZZ_TARGETS := lazy:FuzzDecodeTOC lazy:FuzzTree lazy:FuzzBuild store:FuzzParseManifest lifecycle:FuzzPolicy internal/untar:FuzzApply
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 	  pkg=$${t%%:*}; f=$${t#*:}; \

@@ -64,7 +64,8 @@ func Run(ctx context.Context, cfg config.Config, opts ...Option) error {
 	fs := newMounter(cfg, o)
 	fs.startIfNeeded(ctx, cfg.Lazy.Enabled)
 	sn, err := snapshotter.New(ctx, cfg.Root, storeFunc, snapshotter.WithUnpackJobs(cfg.Fetch.UnpackJobs),
-		snapshotter.WithLazy(cfg.Lazy.Enabled), snapshotter.WithLazyMounter(fs))
+		snapshotter.WithLazy(cfg.Lazy.Enabled), snapshotter.WithLazyMounter(fs),
+		snapshotter.WithLazyVerifyBeforeStart(cfg.Lazy.VerifyBeforeStart))
 	if err != nil {
 		return fmt.Errorf("open snapshotter: %w", err)
 	}

@@ -162,11 +162,24 @@ func (m *mounter) gatherer(ctx context.Context) prometheus.Gatherer {
 		}
 		for i, mf := range local {
 			if r, ok := remote[mf.GetName()]; ok && strings.HasPrefix(mf.GetName(), "s3snap_lazy_") {
-				local[i] = r
+				local[i] = mergeLazy(mf, r)
 			}
 		}
 		return local, nil
 	})
+}
+
+// mergeLazy is the agent's figure of a lazy family: the server's, plus
+// the agent's own for a plain counter (verify_before_start fetches and
+// verifies layers in the agent).
+func mergeLazy(local, remote *dto.MetricFamily) *dto.MetricFamily {
+	if local.GetType() != dto.MetricType_COUNTER || len(local.GetMetric()) != 1 || len(remote.GetMetric()) != 1 ||
+		len(local.GetMetric()[0].GetLabel()) != 0 || len(remote.GetMetric()[0].GetLabel()) != 0 {
+		return remote
+	}
+	sum := local.GetMetric()[0].GetCounter().GetValue() + remote.GetMetric()[0].GetCounter().GetValue()
+	remote.GetMetric()[0].GetCounter().Value = &sum
+	return remote
 }
 
 // startIfNeeded starts the server with lazy mode on; with it off, a

@@ -116,7 +116,19 @@ func Run(ctx context.Context, o Options) *Report {
 	r.mirror(ctx)
 	r.health(ctx)
 	r.s3(ctx)
+	r.inflater()
 	return r.report
+}
+
+// inflater reports which gzip decoder eager pulls get (a warning, not a
+// failure: Go's own works, only slower).
+func (r *run) inflater() {
+	const name = "gzip inflater"
+	if h := systemd.InflaterHint("/"); h != "" {
+		r.add(Check{Name: name, Status: Warn, Detail: h})
+		return
+	}
+	r.add(Check{Name: name, Status: OK, Detail: "igzip (ISA-L) on PATH: containerd and the agent inflate layers with it"})
 }
 
 func (r *run) agentConfig() {

@@ -65,10 +65,15 @@ func lazyIndex(ctx context.Context, client *s3.Client, st *store.Store) Check {
 		}
 		return fail("read the index of layer "+layer.String(), err)
 	}
+	if !toc.Verifiable() {
+		return Check{Name: name, Status: Warn, Detail: fmt.Sprintf("%s: index of layer %s is of format v1: served, but its content cannot be verified against the image", st.URL(), layer.Encoded()[:12]),
+			Fix: "rewrite the indexes as v2: s3snap index s3://BUCKET/PREFIX/REPOSITORY:TAG"}
+	}
 	return Check{Name: name, Status: OK, Detail: fmt.Sprintf("%s: index of layer %s read and valid (%d files)", st.URL(), layer.Encoded()[:12], len(toc.Entries))}
 }
 
-// tocLayer returns the layer whose current-version TOC is at key in st.
+// tocLayer returns the layer whose TOC, of a format version still read,
+// is at key in st.
 func tocLayer(st *store.Store, key string) (digest.Digest, bool) {
 	rest, ok := strings.CutSuffix(key, "/toc")
 	if !ok {
@@ -83,10 +88,12 @@ func tocLayer(st *store.Store, key string) (digest.Digest, bool) {
 	if d.Validate() != nil {
 		return "", false
 	}
-	if want, err := st.ExtraKey(lazy.Key(d, "toc")); err != nil || want != key {
-		return "", false // another format version
+	for v := lazy.MinVersion; v <= lazy.Version; v++ {
+		if want, err := st.ExtraKey(lazy.VersionKey(v, d, "toc")); err == nil && want == key {
+			return d, true
+		}
 	}
-	return d, true
+	return "", false // a format version not read
 }
 
 // denied reports whether err is S3 refusing access.

@@ -109,6 +109,9 @@ install_debs() {
   command -v runc >/dev/null || missing+=(runc)
   command -v fusermount3 >/dev/null || missing+=(fuse3)
   command -v curl >/dev/null || missing+=(curl)
+  # igzip (ISA-L): containerd and the agent inflate gzip layers with it
+  # when it is on PATH, as production nodes should (s3snap doctor says so).
+  command -v igzip >/dev/null || missing+=(isal)
   # systemd-analyze verifies the unit files s3snap install writes.
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   [[ ${#missing[@]} -eq 0 ]] && return 0

@@ -164,6 +164,9 @@ func testAgentLazyPull(t *testing.T, version string) {
 	if n := p.agent.Metric(t, "s3snap_lazy_read_errors_total"); n != 0 {
 		t.Errorf("%v lazy read errors", n)
 	}
+	// Once prefetched, every layer's tar is rebuilt from its index and
+	// checked against the image's diff ID.
+	waitMetric(t, p.agent, "s3snap_lazy_verified_layers_total", float64(len(im.Layers)))
 
 	t.Run("restart agent: layers remounted, the image runs", func(t *testing.T) {
 		p.agent.Restart(t)
@@ -175,6 +178,8 @@ func testAgentLazyPull(t *testing.T, version string) {
 		if n := p.agent.Metric(t, "s3snap_snapshotter_lazy_layers_total"); n != 0 {
 			t.Errorf("after restart %v layers were mounted anew, want 0", n)
 		}
+		// Cached whole, they are verified again (from the cache).
+		waitMetric(t, p.agent, "s3snap_lazy_verified_layers_total", float64(len(im.Layers)))
 	})
 
 	t.Run("restart with lazy mode off: lazy layers still remounted", func(t *testing.T) {

@@ -165,8 +165,8 @@ func unixMajor(dev uint64) uint64 { return (dev >> 8) & 0xfff }
 func unixMinor(dev uint64) uint64 { return (dev & 0xff) | ((dev >> 12) & 0xfff00) }
 
 // TestAgentTreeMatchesContainerd: the same multi-layer image unpacked by
-// containerd's own overlayfs snapshotter, by the agent eagerly and by the
-// agent lazily gives, layer by layer, the same entries: names, types,
+// containerd's own overlayfs snapshotter, by the agent eagerly (from the
+// layer blobs, and from the lazy indexes) and by the agent lazily gives, layer by layer, the same entries: names, types,
 // modes, owners, xattrs, link targets, file contents, hard links,
 // whiteouts and opaque directories.
 func TestAgentTreeMatchesContainerd(t *testing.T) {
@@ -191,6 +191,18 @@ func TestAgentTreeMatchesContainerd(t *testing.T) {
 	}
 	gotEager := layerDirs(t, eager, "s3snap", top, len(im.Layers))
 
+	// Eagerly again, from the layers' lazy indexes this time.
+	ix := newHostileEnv(t, testenv.Containerd2, false)
+	ref = ix.add(t, "tree/app", im, true)
+	ix.index.ok(t, "index", "s3://"+ix.bucket+"/ecr/tree/app:v1")
+	if out, err := ix.pullErr(t, ref); err != nil {
+		t.Fatalf("eager pull from the index: %v\n%s", err, out)
+	}
+	if n := ix.agent.Metric(t, "s3snap_snapshotter_layers_unpacked_total", "source=index"); int(n) != len(im.Layers) {
+		t.Fatalf("the agent unpacked %v layers from their index, want %d", n, len(im.Layers))
+	}
+	gotIndex := layerDirs(t, ix, "s3snap", top, len(im.Layers))
+
 	lz := newHostileEnv(t, testenv.Containerd2, true)
 	ref = lz.addIndexed(t, "tree/app", im)
 	if out, err := lz.pullErr(t, ref); err != nil {
@@ -206,7 +218,7 @@ func TestAgentTreeMatchesContainerd(t *testing.T) {
 		for _, got := range []struct {
 			name string
 			dir  string
-		}{{"eager", gotEager[i]}, {"lazy", gotLazy[i]}} {
+		}{{"eager", gotEager[i]}, {"eager from the index", gotIndex[i]}, {"lazy", gotLazy[i]}} {
 			if d := diffLines(ref, describeTree(t, got.dir)); d != "" {
 				t.Errorf("layer %d: the agent's %s unpack differs from containerd's (- containerd, + agent):\n%s", i+1, got.name, d)
 			}

@@ -54,7 +54,10 @@ func Build(ctx context.Context, layer digest.Digest, blob io.Reader, data io.Wri
 	}
 	defer ds.Close()
 	h := sha256.New()
-	tr := tar.NewReader(io.TeeReader(ds, h))
+	// Every byte of the tar that is not file content is recorded: the
+	// headers with each entry, the rest in the trailer (format v2).
+	rec := &recorder{r: io.TeeReader(ds, h)}
+	tr := tar.NewReader(rec)
 	cw, err := newChunkWriter(ctx, data, o.chunkSize, o.jobs)
 	if err != nil {
 		return nil, err
@@ -68,27 +71,44 @@ func Build(ctx context.Context, layer digest.Digest, blob io.Reader, data io.Wri
 	if o.streamLimit > 0 {
 		streamLimit = min(streamLimit, o.streamLimit)
 	}
-	var meta int64 // a lower bound of the TOC's JSON size
+	var (
+		meta    int64  // a lower bound of the TOC's JSON size
+		headers int64  // raw header bytes so far
+		pending []byte // header bytes of PAX global headers, for the next entry
+		pad     int64  // zero padding owed by the last file's content
+	)
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		rec.start(MaxHeaderSize - len(pending))
 		hdr, err := tr.Next()
+		raw := rec.stop()
+		if err != nil && err != io.EOF {
+			return nil, fmt.Errorf("read layer %s: %w", layer, err)
+		}
+		// The padding is rebuilt as zeros: a tar whose padding is not
+		// (or is cut short) could not be.
+		if int64(len(raw)) < pad || !allZero(raw[:pad]) {
+			return nil, fmt.Errorf("layer %s: the padding after a file is not %d zero bytes: %w", layer, pad, ErrInvalidIndex)
+		}
+		pending, pad = append(pending, raw[pad:]...), 0
 		if err == io.EOF {
 			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read layer %s: %w", layer, err)
 		}
 		e, err := entryOf(hdr)
 		if err != nil {
 			return nil, fmt.Errorf("layer %s: %w", layer, err)
 		}
 		if e == nil {
-			continue
+			continue // a PAX global header: its bytes go with the next entry
 		}
 		if len(toc.Entries) >= MaxEntries {
 			return nil, fmt.Errorf("layer %s: more than %d entries: %w", layer, MaxEntries, ErrInvalidIndex)
+		}
+		e.Header, pending = pending, nil
+		if headers += int64(len(e.Header)); headers > MaxHeaderBytes {
+			return nil, fmt.Errorf("layer %s: more than %d bytes of tar headers: %w", layer, MaxHeaderBytes, ErrInvalidIndex)
 		}
 		if meta += entryJSONSize(e); meta > MaxTOCJSONSize {
 			return nil, fmt.Errorf("layer %s: its toc would be more than %d bytes: %w", layer, MaxTOCJSONSize, ErrInvalidIndex)
@@ -102,14 +122,28 @@ func Build(ctx context.Context, layer digest.Digest, blob io.Reader, data io.Wri
 			if err != nil {
 				return nil, fmt.Errorf("read layer %s: %.64q: %w", layer, hdr.Name, err)
 			}
-			e.Size = n
+			if n != e.Size {
+				return nil, fmt.Errorf("layer %s: %.64q: %d bytes of content, its header says %d: %w", layer, hdr.Name, n, e.Size, ErrInvalidIndex)
+			}
+			pad = blockPadding(n)
 		}
 		toc.Entries = append(toc.Entries, *e)
 	}
-	// The tar reader stops at the end-of-archive marker: hash the padding
-	// after it, and read the blob to its end so its reader verifies it.
-	if _, err := io.Copy(h, ds); err != nil {
+	// The tar reader stops at the end-of-archive marker: what follows is
+	// the trailer's too. Then read the blob to its end so its reader
+	// verifies it.
+	rest, err := io.ReadAll(io.LimitReader(io.TeeReader(ds, h), MaxTrailerSize+1))
+	if err != nil {
 		return nil, fmt.Errorf("read layer %s: %w", layer, err)
+	}
+	if toc.Trailer = append(pending, rest...); len(toc.Trailer) > MaxTrailerSize {
+		return nil, fmt.Errorf("layer %s: more than %d bytes after its last entry: %w", layer, MaxTrailerSize, ErrInvalidIndex)
+	}
+	if headers+int64(len(toc.Trailer)) > MaxHeaderBytes {
+		return nil, fmt.Errorf("layer %s: more than %d bytes of tar headers: %w", layer, MaxHeaderBytes, ErrInvalidIndex)
+	}
+	if len(toc.Trailer) == 0 {
+		toc.Trailer = nil
 	}
 	if _, err := io.Copy(io.Discard, blob); err != nil {
 		return nil, fmt.Errorf("read layer %s: %w", layer, err)
@@ -129,7 +163,7 @@ func Build(ctx context.Context, layer digest.Digest, blob io.Reader, data io.Wri
 
 // entryJSONSize is a lower bound of an entry's size in the TOC's JSON.
 func entryJSONSize(e *Entry) int64 {
-	n := int64(len(`{"name":"","type":"","mode":0,"uid":0,"gid":0,"mtime":0}`) + len(e.Name) + len(e.Type) + len(e.Linkname))
+	n := int64(len(`{"name":"","type":"","mode":0,"uid":0,"gid":0,"mtime":0,"headerSize":0}`) + len(e.Name) + len(e.Type) + len(e.Linkname) + len(e.Header))
 	for k, v := range e.Xattrs {
 		n += int64(len(k) + len(v)*4/3)
 	}
@@ -169,7 +203,7 @@ func entryOf(hdr *tar.Header) (*Entry, error) {
 	}
 	switch hdr.Typeflag {
 	case tar.TypeReg, tar.TypeRegA: //lint:ignore SA1019 old archives still carry it
-		e.Type = TypeReg
+		e.Type, e.Size = TypeReg, hdr.Size
 	case tar.TypeDir:
 		e.Type = TypeDir
 	case tar.TypeSymlink:
@@ -188,9 +222,14 @@ func entryOf(hdr *tar.Header) (*Entry, error) {
 	case tar.TypeFifo:
 		e.Type = TypeFifo
 	default:
-		return nil, fmt.Errorf("entry %.64q: unsupported tar type %q", hdr.Name, hdr.Typeflag)
+		return nil, invalid("entry %.64q: unsupported tar type %q", hdr.Name, hdr.Typeflag)
 	}
 	for k, v := range hdr.PAXRecords {
+		// The reader expands a sparse file's holes: its content is not
+		// the tar's bytes, and the tar could not be rebuilt.
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return nil, invalid("entry %.64q: sparse files are not indexed", hdr.Name)
+		}
 		if x, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
 			if e.Xattrs == nil {
 				e.Xattrs = map[string][]byte{}
@@ -288,7 +327,7 @@ func (cw *chunkWriter) drain(pending <-chan *pendingChunk) {
 			return
 		}
 		if _, err := cw.w.Write(pc.frame); err != nil {
-			cw.err = fmt.Errorf("write lazy data: %w", err)
+			cw.err = fmt.Errorf("write lazy data: %w: %w", ErrWrite, err)
 			return // flush and close see done and return err
 		}
 		cw.chunks = append(cw.chunks, Chunk{Offset: cw.off, Size: int64(len(pc.frame)), Digest: pc.sum})
@@ -321,4 +360,40 @@ func (cw *chunkWriter) abort() {
 		<-cw.done
 	}
 	cw.enc.Close()
+}
+
+// recorder passes reads through, keeping what is read between start and
+// stop, at most limit bytes.
+type recorder struct {
+	r     io.Reader
+	on    bool
+	limit int
+	buf   []byte
+}
+
+func (r *recorder) start(limit int) { r.on, r.limit, r.buf = true, limit, nil }
+
+func (r *recorder) stop() []byte {
+	r.on = false
+	return r.buf
+}
+
+func (r *recorder) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if r.on && n > 0 {
+		if len(r.buf)+n > r.limit {
+			return n, fmt.Errorf("a tar header of more than %d bytes: %w", MaxHeaderSize, ErrInvalidIndex)
+		}
+		r.buf = append(r.buf, p[:n]...)
+	}
+	return n, err
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -1,13 +1,16 @@
 package lazy
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
 	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
 
+	"github.com/containerd/containerd/v2/pkg/archive/compression"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 )
@@ -25,6 +28,13 @@ import (
 func FuzzDecodeTOC(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte(`{"version":1}`))
+	f.Add([]byte(`{"version":2}`))
+	// A valid v2 TOC (JSON, then its tar headers and trailer) to edit.
+	if enc, err := buildTar(&testing.T{}, tarOf(&testing.T{}, tar.FormatPAX, 0, rebuildEntries()...), 1024).toc.Encode(); err == nil {
+		if raw, err := zstdDecode(enc); err == nil {
+			f.Add(raw)
+		}
+	}
 	cache, err := NewCache(f.TempDir())
 	if err != nil {
 		f.Fatal(err)
@@ -66,8 +76,27 @@ func FuzzDecodeTOC(f *testing.F) {
 		if err := l.Prefetch(context.Background(), 2, 1<<20); err != nil && !errors.Is(err, ErrCorruptChunk) {
 			t.Fatalf("prefetch: %v", err)
 		}
+		// Rebuilding from the stream the TOC describes never panics.
+		if tr, err := toc.TarReader(io.LimitReader(zeroReader{}, toc.StreamSize())); err == nil {
+			if _, err := io.Copy(io.Discard, tr); err != nil {
+				t.Fatalf("rebuild from a stream of the right size: %v", err)
+			}
+		}
 	})
 }
+
+func zstdDecode(b []byte) ([]byte, error) {
+	dec, err := zstd.NewReader(nil)
+	if err != nil {
+		return nil, err
+	}
+	defer dec.Close()
+	return dec.DecodeAll(b, nil)
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
 // zeros is a data object of n zero bytes, never allocated.
 type zeros int64
@@ -180,12 +209,17 @@ func FuzzTree(f *testing.F) {
 	})
 }
 
-// FuzzBuild: whatever a layer blob holds, Build never panics, and an index
-// it builds is one the loader accepts.
+// FuzzBuild: whatever a layer blob holds, Build never panics, an index it
+// builds is one the loader accepts, and it rebuilds the layer's tar byte
+// for byte.
 func FuzzBuild(f *testing.F) {
 	f.Add([]byte{})
+	for _, format := range []tar.Format{tar.FormatPAX, tar.FormatGNU} {
+		f.Add(tarOf(&testing.T{}, format, 0, rebuildEntries()[:12]...))
+	}
 	f.Fuzz(func(t *testing.T, blob []byte) {
-		toc, err := Build(context.Background(), digest.FromBytes(blob), bytes.NewReader(blob), io.Discard,
+		var data bytes.Buffer
+		toc, err := Build(context.Background(), digest.FromBytes(blob), bytes.NewReader(blob), &data,
 			WithChunkSize(64), WithJobs(1), withStreamLimit(1<<20))
 		if err != nil {
 			return
@@ -199,5 +233,26 @@ func FuzzBuild(f *testing.F) {
 			t.Fatalf("the loader rejects a built toc: %v", err)
 		}
 		checkValidTOC(t, back)
+		raw, err := io.ReadAll(decompressed(blob))
+		if err != nil {
+			t.Fatalf("built, but the blob does not decompress: %v", err)
+		}
+		tr, err := back.TarReader(back.DataStream(bytes.NewReader(data.Bytes())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(tr)
+		if err != nil || !bytes.Equal(got, raw) {
+			t.Fatalf("rebuilt %d bytes (%v), not the layer's %d", len(got), err, len(raw))
+		}
 	})
+}
+
+// decompressed is what Build reads from a blob.
+func decompressed(blob []byte) io.Reader {
+	ds, err := compression.DecompressStream(bytes.NewReader(blob))
+	if err != nil {
+		return iotest.ErrReader(err)
+	}
+	return ds
 }

@@ -15,11 +15,30 @@ import (
 	"github.com/s3snap/s3snap/store"
 )
 
-// FetchTOC reads and validates layer's TOC from st. No TOC (an index not
-// built, or not finished) is an error wrapping ErrNoIndex; the encoded
-// bytes are returned too, to keep a local copy.
+// FetchTOC reads and validates layer's TOC from st: the current format's,
+// else a v1 one (which cannot be verified: TOC.Verifiable). No TOC (an
+// index not built, or not finished) is an error wrapping ErrNoIndex; the
+// encoded bytes are returned too, to keep a local copy.
 func FetchTOC(ctx context.Context, st *store.Store, layer digest.Digest) (*TOC, []byte, error) {
-	b, err := st.GetExtra(ctx, Key(layer, "toc"), MaxTOCSize)
+	for v := Version; v >= MinVersion; v-- {
+		toc, b, err := fetchTOC(ctx, st, v, layer)
+		if errors.Is(err, ErrNoIndex) && v > MinVersion {
+			continue
+		}
+		return toc, b, err
+	}
+	panic("unreachable")
+}
+
+// FetchVerifiableTOC is FetchTOC for a v2 TOC only, the kind that can
+// rebuild its layer's tar: no v2 index is an error wrapping ErrNoIndex.
+func FetchVerifiableTOC(ctx context.Context, st *store.Store, layer digest.Digest) (*TOC, error) {
+	toc, _, err := fetchTOC(ctx, st, Version, layer)
+	return toc, err
+}
+
+func fetchTOC(ctx context.Context, st *store.Store, v int, layer digest.Digest) (*TOC, []byte, error) {
+	b, err := st.GetExtra(ctx, VersionKey(v, layer, "toc"), MaxTOCSize)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil, fmt.Errorf("layer %s in %s: %w", layer, st.URL(), ErrNoIndex)
 	}
@@ -30,8 +49,8 @@ func FetchTOC(ctx context.Context, st *store.Store, layer digest.Digest) (*TOC, 
 	if err != nil {
 		return nil, nil, err
 	}
-	if toc.Layer != layer {
-		return nil, nil, fmt.Errorf("toc stored for %s describes %.80s: %w", layer, toc.Layer, ErrInvalidIndex)
+	if toc.Layer != layer || toc.Version != v {
+		return nil, nil, fmt.Errorf("v%d toc stored for %s describes %.80s (v%d): %w", v, layer, toc.Layer, toc.Version, ErrInvalidIndex)
 	}
 	if err := checkDataSize(ctx, st, toc); err != nil {
 		return nil, nil, err
@@ -43,7 +62,7 @@ func FetchTOC(ctx context.Context, st *store.Store, layer digest.Digest) (*TOC, 
 // a TOC describing another (or a truncated) data object is invalid. No
 // data object at all is too: the TOC is written last.
 func checkDataSize(ctx context.Context, st *store.Store, toc *TOC) error {
-	size, err := st.StatExtra(ctx, Key(toc.Layer, "data"))
+	size, err := st.StatExtra(ctx, toc.Key("data"))
 	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("layer %s in %s: toc without a data object: %w: %w", toc.Layer, st.URL(), ErrInvalidIndex, err)
 	}
@@ -64,7 +83,7 @@ func OpenData(ctx context.Context, st *store.Store, toc *TOC) OpenFunc {
 		if err := checkDataSize(ctx, st, toc); err != nil {
 			return nil, err
 		}
-		return st.ExtraReaderAt(ctx, Key(toc.Layer, "data"), toc.DataSize)
+		return st.ExtraReaderAt(ctx, toc.Key("data"), toc.DataSize)
 	}
 }
 
@@ -78,6 +97,7 @@ type Result struct {
 	Chunks   int           `json:"chunks,omitempty"`
 	Size     int64         `json:"size,omitempty"`     // uncompressed file content
 	DataSize int64         `json:"dataSize,omitempty"` // the data object
+	TOCSize  int64         `json:"tocSize,omitempty"`  // the TOC object written
 	Seconds  float64       `json:"seconds"`
 	Error    string        `json:"error,omitempty"`
 }
@@ -94,7 +114,8 @@ func IndexLayer(ctx context.Context, st *store.Store, layer, diffID digest.Diges
 		res.Size = toc.StreamSize()
 		res.Seconds = time.Since(start).Seconds()
 	}
-	if toc, _, err := FetchTOC(ctx, st, layer); err == nil && (diffID == "" || toc.DiffID == diffID) {
+	// A v1 index is rebuilt: v2 can be verified.
+	if toc, _, err := FetchTOC(ctx, st, layer); err == nil && toc.Verifiable() && (diffID == "" || toc.DiffID == diffID) {
 		res.Existed = true
 		done(toc)
 		return res, nil
@@ -106,7 +127,26 @@ func IndexLayer(ctx context.Context, st *store.Store, layer, diffID digest.Diges
 		return res, err
 	}
 	defer rc.Close()
+	toc, err := UploadData(ctx, st, layer, rc, opts...)
+	if err != nil {
+		return res, err
+	}
+	if diffID != "" && toc.DiffID != diffID {
+		return res, fmt.Errorf("layer %s uncompresses to %s, the image config says %s: %w", layer, toc.DiffID, diffID, store.ErrDigestMismatch)
+	}
+	if res.TOCSize, err = PutTOC(ctx, st, toc); err != nil {
+		return res, err
+	}
+	done(toc)
+	return res, nil
+}
 
+// UploadData builds layer's index from blob (the layer's bytes, verified
+// by the caller's reader, which Build reads to its end) and uploads its
+// data object to st as it is built; the TOC is returned, not written
+// (PutTOC does, last). Memory stays bounded: chunks are compressed and
+// uploaded as the blob streams through.
+func UploadData(ctx context.Context, st *store.Store, layer digest.Digest, blob io.Reader, opts ...BuildOption) (*TOC, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
@@ -116,32 +156,33 @@ func IndexLayer(ctx context.Context, st *store.Store, layer, diffID digest.Diges
 		pr.CloseWithError(fmt.Errorf("upload ended: %w", err)) // unblock the builder if it failed
 		uploaded <- err
 	}()
-	toc, err := Build(ctx, layer, rc, pw, opts...)
+	toc, err := Build(ctx, layer, blob, pw, opts...)
 	if err != nil {
 		pw.CloseWithError(err) // the upload is aborted, nothing completes
 		<-uploaded
-		return res, err
+		return nil, err
 	}
 	pw.Close()
 	if err := <-uploaded; err != nil {
-		return res, fmt.Errorf("upload index data of %s: %w", layer, err)
+		return nil, fmt.Errorf("upload index data of %s: %w: %w", layer, ErrWrite, err)
 	}
-	if diffID != "" && toc.DiffID != diffID {
-		return res, fmt.Errorf("layer %s uncompresses to %s, the image config says %s: %w", layer, toc.DiffID, diffID, store.ErrDigestMismatch)
-	}
+	return toc, nil
+}
+
+// PutTOC writes toc to st, completing its index, and returns its encoded
+// size. A TOC the loader would reject is never written.
+func PutTOC(ctx context.Context, st *store.Store, toc *TOC) (int64, error) {
 	b, err := toc.Encode()
 	if err != nil {
-		return res, err
+		return 0, err
 	}
-	// Never publish a TOC the loader would reject.
 	if _, err := DecodeTOC(b); err != nil {
-		return res, fmt.Errorf("built an unreadable toc for %s: %w", layer, err)
+		return 0, fmt.Errorf("built an unreadable toc for %s: %w", toc.Layer, err)
 	}
-	if err := st.PutExtra(ctx, Key(layer, "toc"), bytes.NewReader(b)); err != nil {
-		return res, fmt.Errorf("upload index toc of %s: %w", layer, err)
+	if err := st.PutExtra(ctx, toc.Key("toc"), bytes.NewReader(b)); err != nil {
+		return 0, fmt.Errorf("upload index toc of %s: %w: %w", toc.Layer, ErrWrite, err)
 	}
-	done(toc)
-	return res, nil
+	return int64(len(b)), nil
 }
 
 // IndexImage builds the missing indexes of every layer of the manifest d
@@ -181,7 +222,7 @@ func IndexImage(ctx context.Context, st *store.Store, repo string, d digest.Dige
 			}
 			seen[l.Digest] = true
 			var res Result
-			if !isTarLayer(l.MediaType) {
+			if !IsTarLayer(l.MediaType) {
 				res = Result{Layer: l.Digest, Skipped: "media type " + l.MediaType + " is not a tar layer"}
 			} else if res, err = IndexLayer(ctx, st, l.Digest, diffIDs[i], opts...); err != nil {
 				res.Error = err.Error()
@@ -212,8 +253,8 @@ func diffIDs(ctx context.Context, st *store.Store, m *ocispec.Manifest) ([]diges
 	return cfg.RootFS.DiffIDs, nil
 }
 
-// isTarLayer reports whether a layer media type is a (compressed) tar.
-func isTarLayer(mt string) bool {
+// IsTarLayer reports whether a layer media type is a (compressed) tar.
+func IsTarLayer(mt string) bool {
 	if strings.Contains(mt, "nondistributable") {
 		return false // never in a registry, so never in the bucket
 	}

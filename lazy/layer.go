@@ -27,6 +27,8 @@ type Layer struct {
 
 	present []atomic.Bool // chunk i is in the cache
 	cached  atomic.Int64  // uncompressed bytes of present chunks
+
+	bad atomic.Pointer[error] // why the layer failed verification: every read fails
 }
 
 // NewLayer reads toc's layer through cache, fetching with open.
@@ -114,6 +116,13 @@ func (l *Layer) readAt(p []byte, off, fileEnd int64) (int, error) {
 // fileEnd in the stream: a miss also fetches the file's next chunks, so a
 // program reading a file waits for one round trip, not one per chunk.
 func (l *Layer) ReadFileAt(p []byte, off, fileEnd int64) (int, error) {
+	if bad := l.bad.Load(); bad != nil {
+		return 0, *bad
+	}
+	return l.readFileAt(p, off, fileEnd)
+}
+
+func (l *Layer) readFileAt(p []byte, off, fileEnd int64) (int, error) {
 	size := l.toc.StreamSize()
 	if off >= size {
 		return 0, io.EOF

@@ -290,7 +290,18 @@ func TestDecodeTOCRejects(t *testing.T) {
 		{"escaping hard link", func(toc *TOC) { toc.Entries[1].Linkname = "../../a" }, ErrUnsafePath},
 		{"content past the chunks", func(toc *TOC) { toc.Entries[0].Size = 5000 }, ErrInvalidIndex},
 		{"data size", func(toc *TOC) { toc.DataSize++ }, ErrInvalidIndex},
-		{"version", func(toc *TOC) { toc.Version = 2 }, ErrInvalidIndex},
+		{"version", func(toc *TOC) { toc.Version = Version + 1 }, ErrInvalidIndex},
+		{"v1 with tar headers", func(toc *TOC) { toc.Version = 1 }, ErrInvalidIndex},
+		{"no tar header", func(toc *TOC) { toc.Entries[0].Header = nil }, ErrInvalidIndex},
+		{"mode not the header's", func(toc *TOC) { toc.Entries[0].Mode = 0o4755 }, ErrInvalidIndex},
+		{"name not the header's", func(toc *TOC) { toc.Entries[0].Name = "b" }, ErrInvalidIndex},
+		{"entry hidden in the trailer", func(toc *TOC) {
+			toc.Trailer = append(append([]byte(nil), toc.Entries[1].Header...), toc.Trailer...)
+			toc.Entries = toc.Entries[:1]
+		}, ErrInvalidIndex},
+		{"two entries in one header", func(toc *TOC) {
+			toc.Entries[0].Header = append(append([]byte(nil), toc.Entries[1].Header...), toc.Entries[0].Header...)
+		}, ErrInvalidIndex},
 		{"chunk size", func(toc *TOC) { toc.ChunkSize = MaxChunkSize + 1 }, ErrInvalidIndex},
 		{"unknown type", func(toc *TOC) { toc.Entries[1].Type = "socket" }, ErrInvalidIndex},
 	}

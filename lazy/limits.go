@@ -49,6 +49,18 @@ const (
 	// MaxXattrBytes bounds the names and values of one entry's extended
 	// attributes together.
 	MaxXattrBytes = 128 << 10
+	// MaxHeaderSize bounds one entry's raw tar header bytes (v2): its
+	// header blocks with PAX records (xattrs up to MaxXattrBytes) and GNU
+	// long names, and any PAX global headers before it.
+	MaxHeaderSize = 512 << 10
+	// MaxHeaderBytes bounds a TOC's raw tar header bytes together, its
+	// trailer included: about 250,000 plain entries, each header base64
+	// in the JSON, which stays within MaxTOCJSONSize.
+	MaxHeaderBytes = 128 << 20
+	// MaxTrailerSize bounds what follows the last entry of a tar (v2):
+	// the end-of-archive blocks, padded to a record (GNU tar: 10 KiB by
+	// default, 1 MiB at its largest blocking factor).
+	MaxTrailerSize = 1 << 20
 	// maxID bounds owner IDs and device numbers: 32 bits on Linux.
 	maxID = math.MaxUint32
 

@@ -14,4 +14,16 @@ var (
 		Namespace: "s3snap", Subsystem: "lazy", Name: "fetched_bytes_total",
 		Help: "Compressed lazy data bytes fetched from S3.",
 	})
+	layersVerified = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "s3snap", Subsystem: "lazy", Name: "verified_layers_total",
+		Help: "Lazy layers whose rebuilt tar hashed to the image's diff ID.",
+	})
+	layersUnverified = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "s3snap", Subsystem: "lazy", Name: "unverified_layers_total",
+		Help: "Lazy layers served from a v1 index, which cannot be verified (s3snap index rewrites it as v2).",
+	})
+	verifyFailures = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "s3snap", Subsystem: "lazy", Name: "verify_failures_total",
+		Help: "Lazy layers whose index did not rebuild the image's layer: marked bad, every read fails with EIO.",
+	})
 )

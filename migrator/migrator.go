@@ -114,6 +114,10 @@ type Result struct {
 	// BytesDeduplicated the bytes of those that were already there.
 	BytesUploaded     int64 `json:"bytesUploaded"`
 	BytesDeduplicated int64 `json:"bytesDeduplicated"`
+	// LazyIndexes is how many lazy-pull indexes were built (push
+	// --lazy-index: LazyIndexer), LazyIndexBytes their objects' bytes.
+	LazyIndexes    int   `json:"lazyIndexes,omitempty"`
+	LazyIndexBytes int64 `json:"lazyIndexBytes,omitempty"`
 }
 
 // Copy copies the image or index src describes into repository repo of the

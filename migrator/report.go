@@ -41,6 +41,10 @@ type Entry struct {
 	BytesDeduplicated int64  `json:"bytesDeduplicated"`
 	// Size is the image's config and layer bytes (planned or copied).
 	Size int64 `json:"size,omitempty"`
+	// LazyIndexes is how many lazy-pull indexes were built for the image's
+	// layers (--lazy-index), LazyIndexBytes their objects' bytes.
+	LazyIndexes    int   `json:"lazyIndexes,omitempty"`
+	LazyIndexBytes int64 `json:"lazyIndexBytes,omitempty"`
 }
 
 // Key names the entry like Item.Key.
@@ -74,6 +78,9 @@ type Summary struct {
 	BytesDeduplicated int64 `json:"bytesDeduplicated"`
 	// BytesPlanned is the size of what a dry run would copy.
 	BytesPlanned int64 `json:"bytesPlanned,omitempty"`
+	// LazyIndexes and LazyIndexBytes total the entries'.
+	LazyIndexes    int   `json:"lazyIndexes,omitempty"`
+	LazyIndexBytes int64 `json:"lazyIndexBytes,omitempty"`
 }
 
 // Report is the outcome of one migrate or verify run.
@@ -143,6 +150,8 @@ func (r *Report) finish() {
 		}
 		s.BytesMoved += e.BytesMoved
 		s.BytesDeduplicated += e.BytesDeduplicated
+		s.LazyIndexes += e.LazyIndexes
+		s.LazyIndexBytes += e.LazyIndexBytes
 	}
 	r.Summary = s
 }

@@ -47,6 +47,7 @@ type runOptions struct {
 	bandwidth *Bandwidth
 	prices    Prices
 	partSize  int64
+	lazyIndex *int64 // build lazy indexes of layers of at least this size
 }
 
 // RunOption configures Migrate and Verify.
@@ -87,6 +88,11 @@ func WithRename(fn func(string) string) RunOption { return func(o *runOptions) {
 // WithEntries calls fn as each item finishes (serialised).
 func WithEntries(fn func(Entry)) RunOption { return func(o *runOptions) { o.done = fn } }
 
+// WithLazyIndex builds the lazy-pull index of every tar layer of at least
+// minSize bytes as it is copied into a bucket (LazyIndexer); Verify then
+// checks those indexes too. The destination must be a store.
+func WithLazyIndex(minSize int64) RunOption { return func(o *runOptions) { o.lazyIndex = &minSize } }
+
 // WithStats keeps s up to date while the run goes.
 func WithStats(s *Stats) RunOption { return func(o *runOptions) { o.stats = s } }
 
@@ -123,6 +129,13 @@ func Migrate(ctx context.Context, src Catalog, dst Target, opts ...RunOption) (*
 		out = o.bandwidth.Target(out)
 	}
 	m := &migration{src: src, dst: &gatedTarget{Target: out, sem: make(chan struct{}, o.blobJobs), stats: o.stats}, o: &o}
+	if o.lazyIndex != nil && !o.dryRun {
+		sd, ok := dst.(*storeDest)
+		if !ok {
+			return nil, fmt.Errorf("lazy indexes are built only in a bucket, not in %s", dst)
+		}
+		m.indexer = NewLazyIndexer(sd.s, *o.lazyIndex)
+	}
 	if o.dryRun {
 		m.inv = &inventory{}
 	}
@@ -266,6 +279,8 @@ type migration struct {
 	dst Target
 	o   *runOptions
 	inv *inventory // dry runs only
+	// indexer builds lazy indexes as layers are copied (WithLazyIndex).
+	indexer *LazyIndexer
 }
 
 // one migrates one item and says how it went.
@@ -327,7 +342,13 @@ func (m *migration) one(ctx context.Context, it Item) (e Entry) {
 		return e
 	}
 	m.o.stats.BytesTotal.Add(plan.Size())
-	res, err := CopyTo(ctx, src, m.dst, repo, it.Tag, WithJobs(m.o.blobJobs), WithPlan(plan))
+	var dst Target = m.dst
+	if m.indexer != nil {
+		ix := m.indexer.Wrap(m.dst)
+		dst = ix
+		defer func() { e.LazyIndexes, e.LazyIndexBytes = ix.Indexes(), ix.Bytes() }()
+	}
+	res, err := CopyTo(ctx, src, dst, repo, it.Tag, WithJobs(m.o.blobJobs), WithPlan(plan))
 	if res != nil {
 		e.Manifests, e.Blobs = res.Manifests, res.BlobsUploaded+res.BlobsSkipped
 		e.BytesMoved, e.BytesDeduplicated = res.BytesUploaded, res.BytesDeduplicated

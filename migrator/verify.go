@@ -4,14 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 
+	"github.com/s3snap/s3snap/lazy"
 	"github.com/s3snap/s3snap/store"
 )
 
 // Verify checks, for every item src lists (with the same filter, shard and
 // platform options as the migration), that dst has it at the same digest and
 // that every manifest and blob it reaches is present; with deep, every blob
-// is read back and re-hashed. Each entry is ok, missing, mismatch or
+// is read back and re-hashed; with WithLazyIndex, every tar layer of the
+// minimum size has a lazy index that rebuilds it (lazy.CheckImage), and
+// with deep, every lazy index there does. Each entry is ok, missing, mismatch or
 // incomplete. It is the cutover gate: the report's Failed says whether it is
 // safe to switch.
 func Verify(ctx context.Context, src Catalog, dst Target, deep bool, opts ...RunOption) (*Report, error) {
@@ -80,6 +84,17 @@ func verifyOne(ctx context.Context, cat Catalog, dst Target, it Item, deep bool,
 	}
 	if err := dst.Check(ctx, repo, want, deep); err != nil {
 		return set(StatusBroken, err)
+	}
+	// With WithLazyIndex, the layers' lazy indexes are part of the image;
+	// deep, those present are checked too.
+	if sd, ok := dst.(*storeDest); ok && (o.lazyIndex != nil || deep) {
+		minSize := int64(math.MaxInt64)
+		if o.lazyIndex != nil {
+			minSize = *o.lazyIndex
+		}
+		if err := lazy.CheckImage(ctx, sd.s, repo, want, minSize); err != nil {
+			return set(StatusBroken, err)
+		}
 	}
 	return set(StatusOK, nil)
 }

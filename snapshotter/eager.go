@@ -52,7 +52,19 @@ func (e *eager) provide(ctx context.Context, r request, parent string, labels ma
 	if err != nil {
 		return err
 	}
-	if err := e.admit(ctx, sl, parent, r.chainID); err != nil {
+	err = e.admit(ctx, sl, parent, r.chainID)
+	if err != nil && sl.source == "index" && errors.Is(err, ErrChainMismatch) {
+		// The index rebuilt a tar of its own diff ID, but not the one
+		// the image names: it is another layer's. The blob decides.
+		removeSnapshot(ctx, e.sn, sl.key)
+		log.G(ctx).WithError(err).WithField("layer", r.layer).Warn("layer unpacked from its lazy index is not the image's; unpacking the layer blob")
+		indexUnpackFailures.Inc()
+		if sl, err = unpackBlob(ctx, e.sn, st, r.layer); err != nil {
+			return err
+		}
+		err = e.admit(ctx, sl, parent, r.chainID)
+	}
+	if err != nil {
 		removeSnapshot(ctx, e.sn, sl.key)
 		return fmt.Errorf("layer %s: %w", r.layer, err)
 	}
@@ -63,8 +75,9 @@ func (e *eager) provide(ctx context.Context, r request, parent string, labels ma
 		return fmt.Errorf("commit layer %s as %s: %w", r.layer, r.chainID, err)
 	}
 	layersFetched.WithLabelValues(sl.store).Inc()
+	layersUnpacked.WithLabelValues(sl.source).Inc()
 	bytesFetched.WithLabelValues(sl.store).Add(float64(sl.bytes))
-	log.G(ctx).WithField("layer", r.layer).WithField("chainID", r.chainID).WithField("store", sl.store).WithField("waited", time.Since(start)).Info("layer provided from s3")
+	log.G(ctx).WithField("layer", r.layer).WithField("chainID", r.chainID).WithField("store", sl.store).WithField("from", sl.source).WithField("waited", time.Since(start)).Info("layer provided from s3")
 	return nil
 }
 

@@ -56,6 +56,8 @@ const labelLazyLayer = "s3snap.io/lazy-layer"
 type lazyOptions struct {
 	enabled bool
 	mounter Mounter
+	// verifyBeforeStart: lazy_verify.go.
+	verifyBeforeStart bool
 }
 
 // WithLazy turns lazy mode on or off (default off).
@@ -75,6 +77,9 @@ type lazyRecord struct {
 	// was provided: a remount uses exactly that one, never one the bucket
 	// holds by then.
 	TOC digest.Digest `json:"toc,omitempty"`
+	// DiffID is the layer's diff ID in the image (the TOC's, checked
+	// against the chain ID): the server verifies the layer against it.
+	DiffID digest.Digest `json:"diff_id,omitempty"`
 }
 
 // lazyProvider is the layerProvider that mounts layers lazily, and the
@@ -89,6 +94,8 @@ type lazyProvider struct {
 	stores StoreFunc
 	dir    string // <root>/lazy
 	fs     Mounter
+	// verifyBeforeStart: checkIndex (lazy_verify.go).
+	verifyBeforeStart bool
 
 	mu      sync.Mutex
 	mounts  map[string]lazyRecord    // mounted, by snapshot name
@@ -100,6 +107,11 @@ type lazyProvider struct {
 	unavailable map[string]unmounted
 	retrying    bool // a retry loop is running
 	closed      bool // close has begun: nothing more is mounted
+
+	// The chunk cache of verify_before_start (verifyCache), opened once.
+	cacheOnce sync.Once
+	cache     *lazy.Cache
+	cacheErr  error
 }
 
 // hasLazyMounts reports whether an earlier run left lazy mounts to restore:
@@ -123,7 +135,7 @@ func newLazyProvider(ctx context.Context, sn snapshots.Snapshotter, stores Store
 		return nil, errors.New("lazy mounts need a lazy FUSE server (WithLazyMounter)")
 	}
 	return &lazyProvider{
-		ctx: ctx, sn: sn, stores: stores, dir: dir, fs: o.mounter,
+		ctx: ctx, sn: sn, stores: stores, dir: dir, fs: o.mounter, verifyBeforeStart: o.verifyBeforeStart,
 		mounts: map[string]lazyRecord{}, pending: map[string]chan struct{}{},
 		unavailable: map[string]unmounted{},
 	}, nil
@@ -214,6 +226,9 @@ func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string
 	if err := checkChain(parent, toc.DiffID, r.chainID); err != nil {
 		return fmt.Errorf("lazy index of %s: %w", r.layer, err)
 	}
+	if err := l.checkIndex(ctx, r, toc, raw, st); err != nil {
+		return err
+	}
 	fetched := time.Since(start)
 	dirs, err := implicitDirAttrs(ctx, l.sn, parent, toc)
 	if err != nil {
@@ -237,7 +252,7 @@ func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string
 		removeSnapshot(ctx, l.sn, key)
 		return err
 	}
-	rec := lazyRecord{Name: r.chainID, Layer: r.layer, Host: r.host, Store: st.URL(), Dir: dir, Dirs: dirs, TOC: tocDigest}
+	rec := lazyRecord{Name: r.chainID, Layer: r.layer, Host: r.host, Store: st.URL(), Dir: dir, Dirs: dirs, TOC: tocDigest, DiffID: toc.DiffID}
 	// Recorded before the commit: a crash after it still finds the mount
 	// to restore; one before it leaves a record restore drops. Until it is
 	// mounted, no mount of a chain holding it is handed out.
@@ -305,7 +320,12 @@ func (l *lazyProvider) adopt(rec lazyRecord) {
 
 // request is what the server is asked to mount for rec.
 func (rec lazyRecord) request() fused.Mount {
-	return fused.Mount{Name: rec.Name, Dir: rec.Dir, Layer: rec.Layer, TOC: rec.TOC, Host: rec.Host, Store: rec.Store, Dirs: rec.Dirs}
+	// One verified here before start is not verified again.
+	_, verified := verifiedIndexes.Load(rec.TOC)
+	return fused.Mount{
+		Name: rec.Name, Dir: rec.Dir, Layer: rec.Layer, TOC: rec.TOC, Host: rec.Host, Store: rec.Store, Dirs: rec.Dirs,
+		DiffID: rec.DiffID, Verified: verified,
+	}
 }
 
 // remove removes a snapshot, unmounting it first if it is lazy. Nothing

@@ -92,6 +92,7 @@ func (l *lazyProvider) checkMounted(ctx context.Context, name string) error {
 func (l *lazyProvider) restoreLazy(ctx context.Context) {
 	served := map[string]fused.State{}
 	states, listErr := l.fs.List(ctx)
+	noteBad(states)
 	if listErr != nil && !errors.Is(listErr, fused.ErrNotRunning) {
 		// A server that does not answer in time would hold up the start
 		// for every mount: the layers wait, unavailable, for the retry

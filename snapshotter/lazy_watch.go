@@ -87,6 +87,7 @@ func (l *lazyProvider) served(ctx context.Context) (_ map[string]bool, ok bool) 
 		log.G(ctx).WithError(err).Debug("lazy: list the server's mounts")
 		return nil, false
 	}
+	noteBad(states)
 	out := map[string]bool{}
 	for _, st := range states {
 		if st.Mounted {

@@ -94,6 +94,8 @@ type Result struct {
 	HostsDir          string   `json:"hosts_dir"`
 	Changes           []Change `json:"changes"`
 	Warnings          []string `json:"warnings,omitempty"`
+	// Hints are what would make the node faster, not what is wrong.
+	Hints []string `json:"hints,omitempty"`
 }
 
 // Changed reports whether any file was (or, in a dry run, would be) written
@@ -178,6 +180,9 @@ func Install(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("containerd config %s: %w", o.ContainerdConfig, err)
 	}
 	res.Warnings = append(res.Warnings, overrides...)
+	if h := InflaterHint(o.Root); h != "" {
+		res.Hints = append(res.Hints, h)
+	}
 
 	bin := o.Binary
 	if bin == "" {

@@ -63,6 +63,13 @@ type LazyConfig struct {
 	// agent fused`, e.g. a second container of a DaemonSet's pod, whose
 	// processes die with the agent's container otherwise).
 	Server string `toml:"server"`
+	// VerifyBeforeStart fetches a lazy layer whole and checks its index
+	// rebuilds the layer (the diff ID of the image config) before the
+	// snapshot is committed: the container waits for the layer, and an
+	// index that fails (or a v1 one, which cannot be checked) is not used,
+	// the layer unpacked instead. Off, the check runs once the background
+	// prefetch has the layer, and a mismatch makes its reads fail (EIO).
+	VerifyBeforeStart bool `toml:"verify_before_start"`
 }
 
 // Lazy FUSE server modes (LazyConfig.Server).

@@ -34,10 +34,14 @@ of downloading and unpacking whole layers before a container starts.
 
 Each layer blob is read from the bucket (its digest verified), its files'
 contents re-chunked and compressed with zstd into
-<PREFIX>/s3snap/lazy/v1/sha256/<layer>/data, and a table of contents with
-every entry and each chunk's sha256 written last, as .../toc. The registry
-layout is not touched: image digests and layer blobs stay exactly the same.
-Layers that already have an index are skipped, so re-running is cheap.
+<PREFIX>/s3snap/lazy/v2/sha256/<layer>/data, and a table of contents with
+every entry, its raw tar headers and each chunk's sha256 written last, as
+.../toc: enough to rebuild the layer's tar byte for byte, which agents check
+against the image's diff ID. The registry layout is not touched: image
+digests and layer blobs stay exactly the same. Layers that already have a
+(v2) index are skipped, so re-running is cheap; a v1 index (which agents
+serve unverified) is rewritten as v2. migrate and push --lazy-index build
+the same indexes while they copy.
 
 Progress goes to stderr, one line per layer; the summary (or -o json) to
 stdout. The exit code is 1 if any layer failed.`,

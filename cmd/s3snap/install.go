@@ -132,6 +132,9 @@ func newInstallCmd(g *globals) *cobra.Command {
 			for _, warn := range res.Warnings {
 				fmt.Fprintln(g.stderr, "warning:", warn)
 			}
+			for _, h := range res.Hints {
+				fmt.Fprintln(g.stderr, "hint:", h)
+			}
 			if res.ContainerdVersion == "" && !uninstall {
 				fmt.Fprintln(g.stderr, "hint: pass --containerd-version if containerd is 2.1 or newer")
 			}

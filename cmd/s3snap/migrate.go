@@ -216,6 +216,9 @@ func printSummary(w io.Writer, rep *migrator.Report) error {
 		fmt.Fprintf(tw, "Copied:\t%d copied, %d unchanged, %d failed\n", s.Copied, s.Unchanged, s.Failed)
 		fmt.Fprintf(tw, "Bytes moved:\t%s\n", humanSize(s.BytesMoved))
 		fmt.Fprintf(tw, "Bytes deduplicated:\t%s\n", humanSize(s.BytesDeduplicated))
+		if s.LazyIndexes > 0 {
+			fmt.Fprintf(tw, "Lazy indexes:\t%d built (%s)\n", s.LazyIndexes, humanSize(s.LazyIndexBytes))
+		}
 	}
 	fmt.Fprintf(tw, "Took:\t%s\n", rep.Finished.Sub(rep.Started).Round(time.Millisecond))
 	if err := tw.Flush(); err != nil {

@@ -42,6 +42,7 @@ type migrateFlags struct {
 
 	limits  limitFlags
 	reqRate *migrator.RequestRate // from --max-requests, set by runOptions
+	lazy    lazyIndexFlags
 }
 
 func (f *migrateFlags) register(cmd *cobra.Command, forMigrate bool) {
@@ -68,8 +69,10 @@ func (f *migrateFlags) register(cmd *cobra.Command, forMigrate bool) {
 		fl.BoolVar(&f.ecrImmutable, "ecr-tag-immutable", false, "with --ecr-create: make new repositories' tags immutable")
 		fl.BoolVar(&f.ecrScanOnPush, "ecr-scan-on-push", false, "with --ecr-create: turn on scan on push for new repositories")
 		f.limits.register(fl)
+		f.lazy.register(fl, false)
 	} else {
 		f.jobs = migrator.DefaultBlobJobs
+		f.lazy.register(fl, true)
 	}
 }
 
@@ -120,6 +123,11 @@ func (f *migrateFlags) runOptions(now time.Time) ([]migrator.RunOption, error) {
 		opts = append(opts, migrator.WithBandwidth(bw))
 	}
 	f.reqRate = rr
+	if lo, err := f.lazy.runOption(); err != nil {
+		return nil, err
+	} else if lo != nil {
+		opts = append(opts, lo)
+	}
 	return opts, nil
 }
 

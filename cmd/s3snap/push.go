@@ -91,6 +91,7 @@ type pushFlags struct {
 	limits   limitFlags
 	bw       *migrator.Bandwidth
 	rr       *migrator.RequestRate
+	lazy     lazyIndexFlags
 }
 
 func newPushCmd(g *globals) *cobra.Command {
@@ -117,6 +118,7 @@ func newPushCmd(g *globals) *cobra.Command {
 	f.creds.register(fl, "a docker:// SRC", "the --also registries")
 	fl.BoolVar(&f.insecure, "insecure", false, "allow plain-HTTP registries (loopback and private addresses always may)")
 	f.limits.register(fl)
+	f.lazy.register(fl, false)
 	return cmd
 }
 

@@ -47,6 +47,8 @@ type pushTarget struct {
 	tag  string
 	// err is set when the destination could not even be opened.
 	err error
+	// indexed builds lazy indexes (--lazy-index), set after any wrapper.
+	indexed *migrator.IndexedTarget
 }
 
 func runPush(cmd *cobra.Command, g *globals, f *pushFlags, srcArg, dstArg string) error {
@@ -124,6 +126,10 @@ func runPush(cmd *cobra.Command, g *globals, f *pushFlags, srcArg, dstArg string
 	if len(targets) == 1 && targets[0].err != nil {
 		return targets[0].err
 	}
+	lazyMin, err := f.lazy.size()
+	if err != nil {
+		return err
+	}
 	if f.bw != nil {
 		// One budget for the whole push: every destination's blob
 		// uploads share it.
@@ -132,6 +138,10 @@ func runPush(cmd *cobra.Command, g *globals, f *pushFlags, srcArg, dstArg string
 				targets[i].dst = f.bw.Target(tg)
 			}
 		}
+	}
+	if tg, ok := targets[0].dst.(migrator.Target); ok && lazyMin != nil && targets[0].err == nil {
+		ix := migrator.NewLazyIndexer(loc.store, *lazyMin).Wrap(tg)
+		targets[0].dst, targets[0].indexed = ix, ix
 	}
 
 	doc.Destinations = pushAll(ctx, g, f, src, plan, srcArg, kind, targets)
@@ -241,6 +251,9 @@ func pushAll(ctx context.Context, g *globals, f *pushFlags, src migrator.Source,
 					defer mu.Unlock()
 					progress(ev)
 				}))
+			if res != nil && t.indexed != nil {
+				res.LazyIndexes, res.LazyIndexBytes = t.indexed.Indexes(), t.indexed.Bytes()
+			}
 			out[i].Result = res
 			if err != nil {
 				out[i].Status, out[i].Error, out[i].err = "failed", err.Error(), err
@@ -282,6 +295,9 @@ func printPush(w io.Writer, doc *pushDoc) error {
 		fmt.Fprintf(tw, "Manifests:\t%d\n", r.Manifests)
 		fmt.Fprintf(tw, "Blobs:\t%d uploaded, %d already in the bucket\n", r.BlobsUploaded, r.BlobsSkipped)
 		fmt.Fprintf(tw, "Bytes:\t%s uploaded, %s deduplicated\n", humanSize(r.BytesUploaded), humanSize(r.BytesDeduplicated))
+		if r.LazyIndexes > 0 {
+			fmt.Fprintf(tw, "Lazy indexes:\t%d built (%s)\n", r.LazyIndexes, humanSize(r.LazyIndexBytes))
+		}
 		return tw.Flush()
 	}
 	if err := tw.Flush(); err != nil {

@@ -12,7 +12,9 @@ For every tag (and untagged image) SRC lists, with the same selection flags
 as migrate, verify checks that DST has it at the same digest and that every
 manifest, config and layer it reaches is present (in a bucket: linked into
 the repository, as a registry serving the bucket needs). With --deep every
-blob is read back and re-hashed.
+blob is read back and re-hashed, and every lazy-pull index there rebuilt and
+checked against its layer's diff ID; with --lazy-index every tar layer of at
+least --lazy-index-min-size must have one.
 
 Missing and mismatched images are listed by name; the exit code is 0 only
 if everything checks out.`

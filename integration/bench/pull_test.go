@@ -6,61 +6,174 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/s3snap/s3snap/integration/testenv"
+	"github.com/s3snap/s3snap/lazy"
 	"github.com/s3snap/s3snap/store"
 )
+
+// tunedContainerd is containerd 2.x's own parallel unpack (stock since
+// 2.2, off by default): the fairest stock pull to compare with.
+const tunedContainerd = `
+[plugins."io.containerd.transfer.v1.local"]
+  max_concurrent_unpacks = 2
+`
+
+// pullSide is one way of pulling the image, timed cold.
+type pullSide struct {
+	name string
+	pull func(b *testing.B) time.Duration
+}
 
 // BenchmarkPullRealistic is the node agent's headline figure: a cold pull
 // of the realistic image (mkimage.sh: 6 gzip layers, ~300 MB, ~900 MB
 // unpacked, ~29k real files) by containerd 2.4 with its own overlayfs
-// snapshotter from a registry, against the same pull through s3snap (the
-// mirror answers the manifest, the snapshotter fetches every layer from
-// S3), interleaved, fresh state and dropped caches for every run.
+// snapshotter from a registry, by the same with its parallel unpack, and
+// through s3snap (the mirror answers the manifest, the snapshotter
+// fetches every layer from S3, eagerly): from the gzip layer blobs, and
+// from the layers' lazy indexes (zstd chunks, decoded in parallel). The sides run interleaved, each
+// round in a fresh state with dropped caches; the ratios are paired (one
+// round's containerd against the same round's agent), then the median.
+// The sub-benchmark "shaped" runs it again with every connection to the
+// registry (for containerd) and to S3 (for the agent) through a shaper
+// that imitates a real network: S3SNAP_BENCH_MBPS per connection (default
+// 90) and S3SNAP_BENCH_TTFB_MS before each response's first byte (20).
 //
 //	go test ./integration/bench -run '^$' -bench PullRealistic -benchtime 1x
 //
-// S3SNAP_BENCH_RUNS sets the runs per side (default 3).
+// S3SNAP_BENCH_RUNS sets the rounds (default 5).
 func BenchmarkPullRealistic(b *testing.B) {
 	e := testenv.S3(b)
 	bucket := e.NewBucket(b)
 	st := store.New(e.Client(b), bucket, store.WithPrefix("ecr"))
 	im := testenv.RealisticImage(b, ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH})
 	reg := testenv.StartFSRegistry(b)
-	ref := reg.Addr + "/bench/realistic:v1"
 	testenv.PushToRegistry(b, reg.Addr, "bench/realistic", "v1", im)
-	testenv.PutImage(b, st, "bench/realistic", im)
-	if err := st.Tag(context.Background(), "bench/realistic", "v1", im.Digest); err != nil {
+	// The same image twice: under ecr/ as it is, under ecrix/ with the
+	// lazy index of each layer (s3snap index), which eager pulls unpack from.
+	stIndexed := store.New(e.Client(b), bucket, store.WithPrefix("ecrix"))
+	for _, s := range []*store.Store{st, stIndexed} {
+		testenv.PutImage(b, s, "bench/realistic", im)
+		if err := s.Tag(context.Background(), "bench/realistic", "v1", im.Digest); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := lazy.IndexImage(context.Background(), stIndexed, "bench/realistic", im.Digest, nil); err != nil {
 		b.Fatal(err)
 	}
-	runs := envInt("S3SNAP_BENCH_RUNS", 3)
-	var base, agent []time.Duration
-	for i := 0; i < runs; i++ {
-		b.Run(fmt.Sprintf("containerd/%d", i), func(b *testing.B) {
-			c := testenv.StartContainerd(b, testenv.ContainerdOptions{})
-			base = append(base, timedPull(b, c, ref, "--plain-http"))
-		})
-		b.Run(fmt.Sprintf("s3snap/%d", i), func(b *testing.B) {
-			a := testenv.StartAgent(b, testenv.AgentOptions{S3: e, Registries: map[string]string{reg.Addr: "s3://" + bucket + "/ecr"}})
-			c := testenv.StartContainerd(b, testenv.ContainerdOptions{Extra: a.ContainerdConfig(reg.Addr)})
-			agent = append(agent, timedPull(b, c, ref, "--hosts-dir", a.HostsDir, "--snapshotter", "s3snap"))
-			if n := a.Metric(b, "s3snap_snapshotter_layers_provided_total"); int(n) != len(im.Layers) {
-				b.Fatalf("only %v of %d layers came from S3", n, len(im.Layers))
+	_, igzip := exec.LookPath("igzip")
+	_, unpigz := exec.LookPath("unpigz")
+	fmt.Printf("cold pull, realistic image (%d layers, %d MB gzip), GOMAXPROCS %d, igzip on PATH: %v, unpigz: %v\n",
+		len(im.Layers), totalSize(im)>>20, runtime.GOMAXPROCS(0), igzip == nil, unpigz == nil)
+	for _, shaped := range []bool{false, true} {
+		name := "loopback"
+		if shaped {
+			name = "shaped"
+		}
+		b.Run(name, func(b *testing.B) {
+			regAddr, s3env := reg.Addr, e
+			if shaped {
+				mbps, ttfb := float64(envInt("S3SNAP_BENCH_MBPS", 90)), time.Duration(envInt("S3SNAP_BENCH_TTFB_MS", 20))*time.Millisecond
+				rs, err := newShaper(reg.Addr, mbps*1e6, ttfb)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { rs.Close() })
+				ss, err := newShaper(strings.TrimPrefix(e.Endpoint, "http://"), mbps*1e6, ttfb)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { ss.Close() })
+				regAddr = strings.TrimPrefix(rs.URL(), "http://")
+				s3copy := *e
+				s3copy.Endpoint = ss.URL()
+				s3env = &s3copy
+				fmt.Printf("shaped: %.0f MB/s per connection, %v to first byte\n", mbps, ttfb)
+			} else {
+				fmt.Println("loopback:")
 			}
+			comparePulls(b, pullSides(regAddr+"/bench/realistic:v1", regAddr, s3env, bucket, len(im.Layers)))
 		})
 	}
-	mb, ma := median(base), median(agent)
-	_, igzip := exec.LookPath("igzip")
-	fmt.Printf("cold pull, realistic image (%d layers, %d MB gzip), %d runs each, igzip on PATH: %v\n",
-		len(im.Layers), totalSize(im)>>20, runs, igzip == nil)
-	fmt.Printf("  containerd overlayfs from the registry: median %.2fs %v\n", mb.Seconds(), base)
-	fmt.Printf("  s3snap agent from S3:                    median %.2fs %v\n", ma.Seconds(), agent)
-	fmt.Printf("  speed-up: %.2fx\n", mb.Seconds()/ma.Seconds())
-	b.ReportMetric(mb.Seconds()/ma.Seconds(), "x-faster")
+}
+
+func pullSides(ref, regAddr string, e *testenv.S3Env, bucket string, layers int) []pullSide {
+	containerd := func(extra string) func(b *testing.B) time.Duration {
+		return func(b *testing.B) time.Duration {
+			c := testenv.StartContainerd(b, testenv.ContainerdOptions{Extra: extra})
+			return timedPull(b, c, ref, "--plain-http")
+		}
+	}
+	agent := func(prefix string, source string) func(b *testing.B) time.Duration {
+		return func(b *testing.B) time.Duration {
+			a := testenv.StartAgent(b, testenv.AgentOptions{S3: e, Registries: map[string]string{regAddr: "s3://" + bucket + "/" + prefix}})
+			c := testenv.StartContainerd(b, testenv.ContainerdOptions{Extra: a.ContainerdConfig(regAddr)})
+			d := timedPull(b, c, ref, "--hosts-dir", a.HostsDir, "--snapshotter", "s3snap")
+			if n := a.Metric(b, "s3snap_snapshotter_layers_unpacked_total", "source="+source); int(n) != layers {
+				b.Fatalf("only %v of %d layers came from S3, unpacked from their %s", n, layers, source)
+			}
+			return d
+		}
+	}
+	return []pullSide{
+		{"containerd 2.4 default", containerd("")},
+		{"containerd 2.4 max_concurrent_unpacks=2", containerd(tunedContainerd)},
+		{"s3snap eager, from the layer blobs", agent("ecr", "blob")},
+		{"s3snap eager, from the lazy indexes", agent("ecrix", "index")},
+	}
+}
+
+// comparePulls runs every side once a round, interleaved, and prints each
+// side's median and its paired speed-up over the first two sides.
+func comparePulls(b *testing.B, sides []pullSide) {
+	runs := envInt("S3SNAP_BENCH_RUNS", 5)
+	times := make([][]time.Duration, len(sides))
+	for i := 0; i < runs; i++ {
+		for j, s := range sides {
+			b.Run(fmt.Sprintf("%s/%d", strings.ReplaceAll(s.name, " ", "_"), i), func(b *testing.B) {
+				times[j] = append(times[j], s.pull(b))
+			})
+		}
+	}
+	if b.Failed() {
+		return
+	}
+	for j, s := range sides {
+		fmt.Printf("  %-42s median %6.2fs  %v\n", s.name, median(times[j]).Seconds(), round(times[j]))
+	}
+	for j := 2; j < len(sides); j++ {
+		for base := 0; base < 2; base++ {
+			r := pairedRatio(times[base], times[j])
+			fmt.Printf("  %s vs %s: %.2fx (median of paired ratios)\n", sides[j].name, sides[base].name, r)
+			b.ReportMetric(r, fmt.Sprintf("x-vs-%d/%d", base, j))
+		}
+	}
+}
+
+// pairedRatio is the median over rounds of base[i]/other[i].
+func pairedRatio(base, other []time.Duration) float64 {
+	var r []float64
+	for i := range min(len(base), len(other)) {
+		r = append(r, base[i].Seconds()/other[i].Seconds())
+	}
+	slices.Sort(r)
+	if len(r) == 0 {
+		return 0
+	}
+	return r[len(r)/2]
+}
+
+func round(d []time.Duration) []string {
+	var out []string
+	for _, x := range d {
+		out = append(out, fmt.Sprintf("%.2fs", x.Seconds()))
+	}
+	return out
 }
 
 // timedPull drops caches and times one ctr images pull (fetch + unpack).

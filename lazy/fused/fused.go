@@ -67,6 +67,15 @@ type Mount struct {
 	// Dirs are the attributes of directories the layer implies but does
 	// not hold (lazy.WithImplicitDirs).
 	Dirs map[string]lazy.Entry `json:"dirs,omitempty"`
+	// DiffID is the layer's diff ID in the image (the agent checked it
+	// makes the chain ID): the TOC must name it, and once the prefetch has
+	// the layer whole the server checks the tar the index rebuilds hashes
+	// to it (lazy.Layer.Verify); a mismatch makes the layer bad (reads
+	// fail with EIO). Empty (a record of an older agent): the TOC's.
+	DiffID digest.Digest `json:"diff_id,omitempty"`
+	// Verified says the agent verified this TOC already
+	// ([lazy] verify_before_start): the server does not again.
+	Verified bool `json:"verified,omitempty"`
 }
 
 // State is one mount the server holds.
@@ -77,6 +86,9 @@ type State struct {
 	Mounted     bool  `json:"mounted"`
 	CachedBytes int64 `json:"cached_bytes"` // layer content on local disk
 	Inodes      int64 `json:"inodes"`
+	// Bad is why the layer failed verification (its reads fail with EIO);
+	// empty if it did not (yet).
+	Bad string `json:"bad,omitempty"`
 }
 
 // Info describes the running server.

@@ -225,6 +225,12 @@ func (r *node) Open(_ context.Context, flags uint32) (fs.FileHandle, uint32, sys
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	// A layer that failed verification: without KEEP_CACHE the kernel
+	// drops the file's cached pages at this open, so reads reach Read and
+	// fail, even of a file read before the check.
+	if r.l.Bad() != nil {
+		return nil, 0, fs.OK
+	}
 	return nil, fuse.FOPEN_KEEP_CACHE, fs.OK
 }
 

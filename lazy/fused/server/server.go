@@ -70,6 +70,10 @@ type server struct {
 	opMu   sync.Mutex // one Mount or Unmount at a time
 	mu     sync.Mutex
 	mounts map[string]*served // by mount point
+	// Verification results by TOC digest (verify.go): a TOC that passed is
+	// not checked again; one that failed stays bad when mounted again.
+	verified map[digest.Digest]bool
+	bad      map[digest.Digest]error
 }
 
 type served struct {
@@ -133,6 +137,7 @@ func Serve(ctx context.Context, root string, stores StoreFunc, opts ...Option) e
 		root: root, stores: stores, opts: o, cache: cache, ctx: life,
 		prefetch: make(chan struct{}, max(o.prefetchJobs, 1)),
 		stop:     make(chan struct{}), mounts: map[string]*served{},
+		verified: map[digest.Digest]bool{}, bad: map[digest.Digest]error{},
 	}
 	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
@@ -270,6 +275,11 @@ func (s *server) mount(m fused.Mount) error {
 		open = lazy.OpenData(ctx, st, toc)
 	}
 	sv := &served{req: m, layer: lazy.NewLayer(toc, s.cache, open), cancel: cancel}
+	s.mu.Lock()
+	if err := s.bad[m.TOC]; err != nil {
+		sv.layer.MarkBad(err)
+	}
+	s.mu.Unlock()
 	// A mount a dead server left answers nothing (ENOTCONN): drop it.
 	// Detaching never waits on the mount's server.
 	_ = unix.Unmount(m.Dir, unix.MNT_DETACH)
@@ -285,7 +295,8 @@ func (s *server) mount(m fused.Mount) error {
 	s.mu.Lock()
 	s.mounts[m.Dir] = sv
 	s.mu.Unlock()
-	if st != nil && sv.layer.CachedBytes() < toc.StreamSize() {
+	// A layer cached whole is still verified (runPrefetch).
+	if st != nil || sv.layer.CachedBytes() >= toc.StreamSize() {
 		go s.runPrefetch(ctx, sv)
 	}
 	log.G(ctx).WithField("dir", m.Dir).WithField("snapshot", m.Name).Info("lazy layer mounted")
@@ -325,6 +336,9 @@ func (s *server) readTOC(m fused.Mount) (*lazy.TOC, error) {
 	if toc.Layer != m.Layer {
 		return nil, fmt.Errorf("toc %s describes %s, not %s: %w", m.TOC, toc.Layer, m.Layer, lazy.ErrInvalidIndex)
 	}
+	if m.DiffID != "" && toc.DiffID != m.DiffID {
+		return nil, fmt.Errorf("toc %s names diff ID %s, not %s: %w", m.TOC, toc.DiffID, m.DiffID, lazy.ErrInvalidIndex)
+	}
 	return toc, nil
 }
 
@@ -355,6 +369,7 @@ func (s *server) runPrefetch(ctx context.Context, sv *served) {
 	switch {
 	case err == nil:
 		log.G(ctx).WithField("took", time.Since(start)).WithField("bytes", sv.layer.CachedBytes()).Debug("lazy layer prefetched")
+		s.verify(ctx, sv)
 	case ctx.Err() != nil:
 	default:
 		log.G(ctx).WithError(err).Warn("lazy prefetch failed; files are still fetched on demand")
@@ -421,10 +436,14 @@ func (s *server) list() []fused.State {
 	mounted := lazyMountPoints()
 	out := make([]fused.State, 0, len(all))
 	for _, sv := range all {
-		out = append(out, fused.State{
+		st := fused.State{
 			Mount: sv.req, Mounted: mounted[sv.req.Dir],
 			CachedBytes: sv.layer.CachedBytes(), Inodes: int64(len(sv.layer.TOC().Entries)),
-		})
+		}
+		if err := sv.layer.Bad(); err != nil {
+			st.Bad = err.Error()
+		}
+		out = append(out, st)
 	}
 	return out
 }

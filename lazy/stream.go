@@ -1,0 +1,146 @@
+package lazy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// runChunks is how many chunks one ranged read of a parallel stream
+// covers (DefaultChunkSize each: 8 MiB of file data a read).
+const runChunks = 8
+
+// ParallelStream returns the layer's uncompressed data stream, in order,
+// read from its data object ra with up to jobs ranged reads in flight and
+// their chunks decoded on as many goroutines (jobs <= 0: GOMAXPROCS+2, so
+// that reads waiting on the network don't idle the cores).
+//
+// Unlike DataStream it does not check chunks against their digests: it is
+// for a reader that trusts nothing until the whole stream is checked, as
+// an eager unpack from the index does (the tar rebuilt from it must hash
+// to the layer's diff ID before it is committed), where hashing every
+// chunk again would cost as much as that check. A frame that does not
+// decode to its chunk's size is ErrCorruptChunk. Close stops the reads.
+func (t *TOC) ParallelStream(ctx context.Context, ra io.ReaderAt, jobs int) io.ReadCloser {
+	if jobs <= 0 {
+		jobs = runtime.GOMAXPROCS(0) + 2
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s := &parallelStream{t: t, ra: ra, cancel: cancel, runs: make(chan chan runResult, jobs)}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(jobs), zstd.WithDecoderMaxMemory(2*MaxChunkSize))
+	if err != nil {
+		s.err = err
+		close(s.runs)
+		return s
+	}
+	s.dec = dec
+	go s.produce(ctx)
+	return s
+}
+
+type runResult struct {
+	data []byte
+	err  error
+}
+
+type parallelStream struct {
+	t      *TOC
+	ra     io.ReaderAt
+	dec    *zstd.Decoder
+	cancel context.CancelFunc
+	runs   chan chan runResult // one per run, in stream order; its capacity bounds the runs in flight
+	buf    []byte
+	err    error
+	closed sync.Once
+}
+
+// produce starts each run's read and decode in turn; the channel's
+// capacity keeps at most jobs of them ahead of the reader.
+func (s *parallelStream) produce(ctx context.Context) {
+	defer close(s.runs)
+	for first := 0; first < len(s.t.Chunks); first += runChunks {
+		last := min(first+runChunks, len(s.t.Chunks)) - 1
+		ch := make(chan runResult, 1)
+		select {
+		case s.runs <- ch:
+		case <-ctx.Done():
+			return
+		}
+		go func() { ch <- s.run(ctx, first, last) }()
+	}
+}
+
+// run reads chunks first..last with one ranged read and decodes them.
+func (s *parallelStream) run(ctx context.Context, first, last int) runResult {
+	if err := ctx.Err(); err != nil {
+		return runResult{err: err}
+	}
+	start, end := s.t.Chunks[first].Offset, s.t.Chunks[last].Offset+s.t.Chunks[last].Size
+	frames := make([]byte, end-start) // Validate bounded each frame by MaxFrameSize
+	if n, err := s.ra.ReadAt(frames, start); n < len(frames) || (err != nil && !errors.Is(err, io.EOF)) {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return runResult{err: fmt.Errorf("layer %s: read chunks %d-%d: %w", s.t.Layer, first, last, err)}
+	}
+	var size int64
+	for i := first; i <= last; i++ {
+		size += s.t.chunkLen(i)
+	}
+	out := make([]byte, 0, size)
+	for i := first; i <= last; i++ {
+		c := s.t.Chunks[i]
+		frame := frames[c.Offset-start : c.Offset-start+c.Size]
+		n := len(out)
+		var err error
+		if out, err = s.dec.DecodeAll(frame, out); err != nil {
+			return runResult{err: fmt.Errorf("layer %s: chunk %d: %w: %w", s.t.Layer, i, ErrCorruptChunk, err)}
+		}
+		if int64(len(out)-n) != s.t.chunkLen(i) {
+			return runResult{err: fmt.Errorf("layer %s: chunk %d decodes to %d bytes, not %d: %w", s.t.Layer, i, len(out)-n, s.t.chunkLen(i), ErrCorruptChunk)}
+		}
+	}
+	return runResult{data: out}
+}
+
+func (s *parallelStream) Read(p []byte) (int, error) {
+	for len(s.buf) == 0 && s.err == nil {
+		ch, ok := <-s.runs
+		if !ok {
+			s.err = io.EOF
+			break
+		}
+		r := <-ch
+		s.buf, s.err = r.data, r.err
+	}
+	if len(s.buf) > 0 {
+		n := copy(p, s.buf)
+		s.buf = s.buf[n:]
+		return n, nil
+	}
+	return 0, s.err
+}
+
+// Close stops the reads and decodes still running and waits for none of
+// them: each ends at its next step.
+func (s *parallelStream) Close() error {
+	s.closed.Do(func() {
+		s.cancel()
+		if s.dec != nil {
+			go func() {
+				// Drain, so that every run has ended before the decoder
+				// they share is closed.
+				for ch := range s.runs {
+					<-ch
+				}
+				s.dec.Close()
+			}()
+		}
+	})
+	return nil
+}
