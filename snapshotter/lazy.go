@@ -363,6 +363,11 @@ func (l *lazyProvider) remove(ctx context.Context, key string) error {
 	if hasChildren {
 		return l.sn.Remove(ctx, key)
 	}
+	// A layer the server found bad is removed to be pulled again ("remove
+	// the image and pull it again"): learn it now, so that pull unpacks.
+	if states, err := l.fs.List(ctx); err == nil {
+		noteBad(states)
+	}
 	if err := l.fs.Unmount(context.WithoutCancel(ctx), rec.Dir); err != nil {
 		return fmt.Errorf("unmount lazy layer %s: %w", rec.Layer, err)
 	}

@@ -62,6 +62,12 @@ func layerTOC(t *testing.T, root string, files ...string) (layer, toc digest.Dig
 // serve runs a server on a fresh root until the test ends.
 func serve(t *testing.T) (root string, c *fused.Client, wait func() error) {
 	t.Helper()
+	return serveWith(t, func(string) []*store.Store { return nil })
+}
+
+// serveWith is serve with the stores of every registry host.
+func serveWith(t *testing.T, stores StoreFunc) (root string, c *fused.Client, wait func() error) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("mounting needs root")
 	}
@@ -73,7 +79,7 @@ func serve(t *testing.T) (root string, c *fused.Client, wait func() error) {
 	var serveErr error
 	stopped := make(chan struct{})
 	go func() {
-		serveErr = Serve(ctx, root, func(string) []*store.Store { return nil }, WithVersion("test"))
+		serveErr = Serve(ctx, root, stores, WithVersion("test"))
 		close(stopped)
 	}()
 	c = fused.NewClient(root)
@@ -187,6 +193,7 @@ func TestMountRefused(t *testing.T) {
 		{"no such toc", fused.Mount{Dir: dir, Layer: layer, TOC: digest.FromString("none")}, "no such file"},
 		{"toc not by its digest", fused.Mount{Dir: dir, Layer: damaged, TOC: bad}, "is not"},
 		{"toc of another layer", fused.Mount{Dir: dir, Layer: other, TOC: toc}, "describes"},
+		{"toc of another diff ID", fused.Mount{Dir: dir, Layer: layer, TOC: toc, DiffID: digest.FromString("other")}, "names diff ID"},
 		{"malformed digest", fused.Mount{Dir: dir, Layer: "sha256:xyz", TOC: toc}, "layer"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
