@@ -9,9 +9,11 @@
 // ("transport endpoint is not connected", SIGBUS for mapped binaries), and
 // a kill during a mount could leave the agent in D state waiting on its
 // own mount. So the mounts moved to this server, which does nothing but
-// serve them: it holds each layer's index, the verified chunk cache and
-// the prefetch, and is not a child that dies with the agent (its own
-// session and process group; systemd's KillMode=process leaves it alone).
+// serve them: it holds each layer's index, the verified chunk cache, the
+// prefetch and the check of each whole layer against the image's diff ID
+// (a layer that fails it is bad: EIO, and List says so), and is not a
+// child that dies with the agent (its own session and process group;
+// systemd's KillMode=process leaves it alone).
 // The agent keeps the decisions (which layer to mount, its records under
 // <root>/lazy/mounts, never showing a lazy layer unmounted) and asks the
 // server over a unix socket; on start it re-adopts the server's live
