@@ -3,7 +3,9 @@
 // runs, in one process, the snapshotter (containerd's snapshot gRPC API
 // on a unix socket, for a proxy_plugins entry), the loopback registry
 // mirror, and /metrics and /healthz on a loopback address, telling systemd
-// when it is ready and when it stops.
+// when it is ready and when it stops. Lazy mounts alone are served by
+// another process, the lazy FUSE server (package lazy/fused, RunFused),
+// which the agent starts and which outlives it.
 package agent
 
 import (
@@ -40,7 +42,11 @@ const shutdownTimeout = 10 * time.Second
 // SIGTERM/SIGINT), then stops gracefully. It returns an error if anything
 // fails to start or a server fails while running. cfg must be valid
 // (Parse and Load validate).
-func Run(ctx context.Context, cfg config.Config) error {
+func Run(ctx context.Context, cfg config.Config, opts ...Option) error {
+	var o runOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -48,18 +54,18 @@ func Run(ctx context.Context, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	storeFunc := func(host string) []*store.Store {
-		var out []*store.Store
-		for _, e := range stores[host] {
-			out = append(out, e.store)
-		}
-		return out
-	}
+	storeFunc := storesOf(stores)
 
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
 		return fmt.Errorf("create root: %w", err)
 	}
-	sn, err := snapshotter.New(ctx, cfg.Root, storeFunc, snapshotter.WithUnpackJobs(cfg.Fetch.UnpackJobs), snapshotter.WithLazy(cfg.Lazy.Enabled), snapshotter.WithLazyVerifyBeforeStart(cfg.Lazy.VerifyBeforeStart))
+	// Lazy mounts are the lazy FUSE server's (package lazy/fused): the
+	// agent never mounts one, so they outlive it.
+	fs := newMounter(cfg, o)
+	fs.startIfNeeded(ctx, cfg.Lazy.Enabled)
+	sn, err := snapshotter.New(ctx, cfg.Root, storeFunc, snapshotter.WithUnpackJobs(cfg.Fetch.UnpackJobs),
+		snapshotter.WithLazy(cfg.Lazy.Enabled), snapshotter.WithLazyMounter(fs),
+		snapshotter.WithLazyVerifyBeforeStart(cfg.Lazy.VerifyBeforeStart))
 	if err != nil {
 		return fmt.Errorf("open snapshotter: %w", err)
 	}
@@ -98,7 +104,7 @@ func Run(ctx context.Context, cfg config.Config) error {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.Handler())
+	mux.Handle("/metrics", promhttp.HandlerFor(fs.gatherer(ctx), promhttp.HandlerOpts{}))
 	mux.Handle("/healthz", &health{stores: stores})
 	httpServers := []*http.Server{
 		{Handler: mirrorHandler, ReadHeaderTimeout: 10 * time.Second},

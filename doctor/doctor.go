@@ -2,9 +2,9 @@
 // doctor` reports it: the agent's config, containerd (running, version,
 // s3snap's plugin loaded), containerd's config as containerd merges it with
 // its imports (plugin, CRI snapshotter, snapshot annotations), hosts.toml
-// files, the agent's ports (only root may bind them), socket, mirror and
-// health, the AWS credentials' source, each bucket (and, in lazy mode, one
-// lazy index of each), and one timed blob fetch. Each failed check says
+// files, the agent's ports (only root may bind them), socket, lazy FUSE
+// server, mirror and health, the AWS credentials' source, each bucket
+// (and, in lazy mode, one lazy index of each), and one timed blob fetch. Each failed check says
 // what is wrong and how to fix it. It reads the agent's settings through
 // agent/config and never links the agent or the snapshotter.
 package doctor
@@ -112,6 +112,7 @@ func Run(ctx context.Context, o Options) *Report {
 	r.containerdConfig()
 	r.hostsTOML()
 	r.socket(ctx)
+	r.lazyServer(ctx)
 	r.mirror(ctx)
 	r.health(ctx)
 	r.s3(ctx)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -12,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/s3snap/s3snap/lazy"
+	"github.com/s3snap/s3snap/lazy/fused"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -97,4 +100,30 @@ func tocLayer(st *store.Store, key string) (digest.Digest, bool) {
 func denied(err error) bool {
 	var ae smithy.APIError
 	return errors.As(err, &ae) && (ae.ErrorCode() == "AccessDenied" || ae.ErrorCode() == "Forbidden")
+}
+
+// lazyServer checks the lazy FUSE server, which serves the agent's lazy
+// mounts from a process of its own: running, it reports its version and
+// mounts; not running while lazy mounts are recorded, those layers are
+// not served (the agent starts it again within seconds when it runs).
+func (r *run) lazyServer(ctx context.Context) {
+	const name = "lazy FUSE server"
+	if r.cfg == nil {
+		r.skip(name, "needs the agent config")
+		return
+	}
+	cctx, cancel := r.ctx(ctx)
+	defer cancel()
+	info, err := fused.NewClient(r.cfg.Root).Info(cctx)
+	if err == nil {
+		r.add(Check{Name: name, Status: OK, Detail: fmt.Sprintf("pid %d, version %s, %d lazy mounts (%s)", info.PID, info.Version, info.Mounts, fused.SocketPath(r.cfg.Root))})
+		return
+	}
+	records, _ := os.ReadDir(filepath.Join(r.cfg.Root, "lazy", "mounts"))
+	if len(records) == 0 {
+		r.skip(name, "not running: no lazy mount (the agent starts it for lazy layers)")
+		return
+	}
+	r.add(Check{Name: name, Status: Fail, Detail: fmt.Sprintf("%d lazy layers recorded but no server answers: %v", len(records), err),
+		Fix: "start (or restart) the agent, which starts the server and mounts them again; see " + fused.LogPath(r.cfg.Root)})
 }

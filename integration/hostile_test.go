@@ -34,6 +34,7 @@ type hostileEnv struct {
 	outside string // holds only "victim"
 	victim  string
 	index   *cliRunner
+	fused   int // the lazy FUSE server's pid, once seen
 }
 
 func newHostileEnv(t *testing.T, version string, lazyMode bool) *hostileEnv {
@@ -104,6 +105,15 @@ func (h *hostileEnv) checkSafe(t *testing.T, pid int) {
 	t.Helper()
 	if h.agent.Exited() || h.agent.Pid() != pid {
 		t.Fatalf("the agent (pid %d) died", pid)
+	}
+	if h.lazy {
+		// Hostile layers are mounted by the lazy FUSE server: it must
+		// survive them as the agent does.
+		fp := h.agent.FusedPID()
+		if fp == 0 || h.fused != 0 && fp != h.fused {
+			t.Fatalf("the lazy FUSE server (pid %d) died (now %d)", h.fused, fp)
+		}
+		h.fused = fp
 	}
 	entries, err := os.ReadDir(h.outside)
 	if err != nil {

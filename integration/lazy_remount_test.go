@@ -16,8 +16,8 @@ import (
 	"github.com/s3snap/s3snap/store"
 )
 
-// TestAgentLazyLayerNeverShownEmpty: when the agent starts and a lazy
-// layer cannot be mounted again (its index gone from the local state and
+// TestAgentLazyLayerNeverShownEmpty: when the agent starts after the lazy
+// FUSE server died with it, and a lazy layer cannot be mounted again (its index gone from the local state and
 // from the bucket), no container is given the image: an empty directory
 // in the layer's place would hide its files and bring back the ones it
 // deletes. Running fails with an error naming the layer; once the index is
@@ -51,7 +51,10 @@ func TestAgentLazyLayerNeverShownEmpty(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Mounts outlive the agent (the lazy FUSE server holds them): only
+	// when the server, too, dies must the agent mount them again.
 	p.agent.Stop()
+	p.agent.KillFused(t)
 	// Local TOC copies are kept by their own digest: drop them all; the
 	// other layers' are still in the bucket.
 	if err := os.RemoveAll(filepath.Join(p.agent.Root, "lazy", "toc")); err != nil {
@@ -62,6 +65,7 @@ func TestAgentLazyLayerNeverShownEmpty(t *testing.T) {
 	}
 	deleteObject(t, e, bucket, "ecr/s3snap/"+lazy.Key(layer, "toc"))
 	p.agent.StartAgain(t)
+	p.waitSnapshotter(t)
 	if n := p.agent.Metric(t, "s3snap_snapshotter_lazy_restore_failures_total"); n != 1 {
 		t.Errorf("lazy_restore_failures_total = %v, want 1", n)
 	}

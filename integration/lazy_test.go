@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -36,6 +37,24 @@ func newLazyEnv(t *testing.T, version string, e *testenv.S3Env, bucket string, r
 	})
 	p.startContainerd(t, version, false)
 	return p
+}
+
+// waitSnapshotter waits until containerd reaches the agent again: after
+// a restart its proxy connection may still be backing off from the
+// agent's absence for a second or two.
+func (p *pullEnv) waitSnapshotter(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, err := p.ctrd.CtrErr(t, "snapshots", "--snapshotter", "s3snap", "ls")
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("containerd does not reach the agent: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 func indexCLI(t *testing.T, e *testenv.S3Env) *cliRunner {
@@ -68,18 +87,7 @@ func runIndex(t *testing.T, c *cliRunner, ref string) indexOut {
 // lazyMounts lists the FUSE mounts of lazy layers under dir.
 func lazyMounts(t *testing.T, dir string) []string {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 9 && strings.HasPrefix(f[4], dir+"/") && slices.Contains(f, "fuse.s3snap") {
-			out = append(out, f[4])
-		}
-	}
-	return out
+	return testenv.LazyMountPoints(dir)
 }
 
 // TestAgentLazyPull: an image indexed with `s3snap index` is pulled through
@@ -162,6 +170,7 @@ func testAgentLazyPull(t *testing.T, version string) {
 
 	t.Run("restart agent: layers remounted, the image runs", func(t *testing.T) {
 		p.agent.Restart(t)
+		p.waitSnapshotter(t)
 		if m := lazyMounts(t, p.agent.Root); len(m) != len(im.Layers) {
 			t.Errorf("after restart FUSE mounts: %v, want %d", m, len(im.Layers))
 		}
@@ -183,6 +192,7 @@ func testAgentLazyPull(t *testing.T, version string) {
 			t.Fatal(err)
 		}
 		p.agent.Restart(t)
+		p.waitSnapshotter(t)
 		if m := lazyMounts(t, p.agent.Root); len(m) != len(im.Layers) {
 			t.Errorf("lazy off: FUSE mounts %v, want the %d existing ones", m, len(im.Layers))
 		}

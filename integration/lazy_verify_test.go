@@ -15,6 +15,7 @@ import (
 
 	"github.com/s3snap/s3snap/integration/testenv"
 	"github.com/s3snap/s3snap/lazy"
+	"github.com/s3snap/s3snap/lazy/fused"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -55,6 +56,17 @@ func diffIDsOf(t *testing.T, im *testenv.Image) []digest.Digest {
 func agentLog(t *testing.T, a *testenv.Agent) string {
 	t.Helper()
 	b, err := os.ReadFile(a.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// serverLog is what the agent's lazy FUSE server logged so far (it
+// serves, prefetches and verifies the lazy mounts).
+func serverLog(t *testing.T, a *testenv.Agent) string {
+	t.Helper()
+	b, err := os.ReadFile(fused.LogPath(a.Root))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,9 +176,17 @@ func testAgentLazyVerify(t *testing.T, version string) {
 		if strings.Contains(out, "impostor") || strings.Contains(out, hashLine("/etc/conf", []byte("an impostor!"))) {
 			t.Errorf("the swapped content was served:\n%s", out)
 		}
-		if !strings.Contains(agentLog(t, p.agent), "lazy layer does not match the image") {
-			t.Error("no log line names the bad layer")
+		if !regexp.MustCompile(`lazy layer does not match the image.*` + regexp.QuoteMeta(layer.String())).MatchString(serverLog(t, p.agent)) {
+			t.Errorf("no line of the lazy FUSE server's log names the bad layer %s", layer)
 		}
+		// As the log line says: remove the image and pull it again. The
+		// agent does not mount that index again, but unpacks the layer.
+		p.rmi(t, ref)
+		p.pull(t, ref)
+		if n := p.agent.Metric(t, "s3snap_snapshotter_lazy_fallbacks_total"); n != 1 {
+			t.Errorf("%v lazy fallbacks after pulling again, want 1 (the bad layer)", n)
+		}
+		p.run(t, ref, "again", files)
 	})
 
 	t.Run("verify_before_start: unpacked instead", func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"io"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/s3snap/s3snap/store"
 )
@@ -40,46 +41,17 @@ func CheckLayer(ctx context.Context, st *store.Store, layer, diffID digest.Diges
 // bytes must have one; a smaller one's is checked if it is there. It
 // returns every failure joined.
 func CheckImage(ctx context.Context, st *store.Store, repo string, d digest.Digest, minSize int64) error {
-	var errs []error
-	seen := map[digest.Digest]bool{}
-	var walk func(d digest.Digest, depth int) error
-	walk = func(d digest.Digest, depth int) error {
-		m, err := st.GetManifest(ctx, repo, d)
-		if err != nil {
-			return err
-		}
-		if m.Index != nil {
-			if depth > 4 {
-				return fmt.Errorf("manifest %s: indexes nested too deep", d)
-			}
-			for _, c := range m.Index.Manifests {
-				if err := walk(c.Digest, depth+1); err != nil {
-					errs = append(errs, fmt.Errorf("index child %s: %w", c.Digest, err))
-				}
-			}
+	return eachLayer(ctx, st, repo, d, func(l ocispec.Descriptor, diffID digest.Digest) error {
+		if !IsTarLayer(l.MediaType) {
 			return nil
 		}
-		ids, err := diffIDs(ctx, st, m.Image)
-		if err != nil {
-			return err
+		err := CheckLayer(ctx, st, l.Digest, diffID)
+		if errors.Is(err, ErrNoIndex) && l.Size < minSize {
+			return nil
 		}
-		for i, l := range m.Image.Layers {
-			if seen[l.Digest] || !IsTarLayer(l.MediaType) {
-				continue
-			}
-			seen[l.Digest] = true
-			err := CheckLayer(ctx, st, l.Digest, ids[i])
-			if errors.Is(err, ErrNoIndex) && l.Size < minSize {
-				continue
-			}
-			if err != nil {
-				errs = append(errs, fmt.Errorf("lazy index of layer %s: %w", l.Digest, err))
-			}
+		if err != nil {
+			return fmt.Errorf("lazy index of layer %s: %w", l.Digest, err)
 		}
 		return nil
-	}
-	if err := walk(d, 0); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	})
 }

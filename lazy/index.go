@@ -190,11 +190,33 @@ func PutTOC(ctx context.Context, st *store.Store, toc *TOC) (int64, error) {
 // set, is called after each layer. It goes on past a failed layer and
 // returns every result with an error joining the failures.
 func IndexImage(ctx context.Context, st *store.Store, repo string, d digest.Digest, progress func(Result), opts ...BuildOption) ([]Result, error) {
-	var (
-		results []Result
-		errs    []error
-		seen    = map[digest.Digest]bool{}
-	)
+	var results []Result
+	err := eachLayer(ctx, st, repo, d, func(l ocispec.Descriptor, diffID digest.Digest) error {
+		var (
+			res Result
+			err error
+		)
+		if !IsTarLayer(l.MediaType) {
+			res = Result{Layer: l.Digest, Skipped: "media type " + l.MediaType + " is not a tar layer"}
+		} else if res, err = IndexLayer(ctx, st, l.Digest, diffID, opts...); err != nil {
+			res.Error = err.Error()
+			err = fmt.Errorf("layer %s: %w", l.Digest, err)
+		}
+		results = append(results, res)
+		if progress != nil {
+			progress(res)
+		}
+		return err
+	})
+	return results, err
+}
+
+// eachLayer calls fn with every layer of the manifest d of repo (every
+// child's, for an index), each layer once, and its diff ID. It goes on
+// past a failure and returns every one joined.
+func eachLayer(ctx context.Context, st *store.Store, repo string, d digest.Digest, fn func(l ocispec.Descriptor, diffID digest.Digest) error) error {
+	var errs []error
+	seen := map[digest.Digest]bool{}
 	var walk func(d digest.Digest, depth int) error
 	walk = func(d digest.Digest, depth int) error {
 		m, err := st.GetManifest(ctx, repo, d)
@@ -212,7 +234,7 @@ func IndexImage(ctx context.Context, st *store.Store, repo string, d digest.Dige
 			}
 			return nil
 		}
-		diffIDs, err := diffIDs(ctx, st, m.Image)
+		ids, err := diffIDs(ctx, st, m.Image)
 		if err != nil {
 			return err
 		}
@@ -221,16 +243,8 @@ func IndexImage(ctx context.Context, st *store.Store, repo string, d digest.Dige
 				continue
 			}
 			seen[l.Digest] = true
-			var res Result
-			if !IsTarLayer(l.MediaType) {
-				res = Result{Layer: l.Digest, Skipped: "media type " + l.MediaType + " is not a tar layer"}
-			} else if res, err = IndexLayer(ctx, st, l.Digest, diffIDs[i], opts...); err != nil {
-				res.Error = err.Error()
-				errs = append(errs, fmt.Errorf("layer %s: %w", l.Digest, err))
-			}
-			results = append(results, res)
-			if progress != nil {
-				progress(res)
+			if err := fn(l, ids[i]); err != nil {
+				errs = append(errs, err)
 			}
 		}
 		return nil
@@ -238,7 +252,7 @@ func IndexImage(ctx context.Context, st *store.Store, repo string, d digest.Dige
 	if err := walk(d, 0); err != nil {
 		errs = append(errs, err)
 	}
-	return results, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // diffIDs reads an image's config for its layers' diff IDs.

@@ -12,6 +12,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/s3snap/s3snap/internal/iox"
 )
 
 var (
@@ -28,23 +30,12 @@ var (
 // blockPadding is the zero padding after n bytes of tar content.
 func blockPadding(n int64) int64 { return -n & 511 }
 
-type countReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
 // parseHeader reads an entry's raw header bytes as Go's archive/tar reads
 // them in the whole tar (as containerd does: the reader keeps no state
 // from one entry to the next but the padding, which is not in b): any PAX
 // global headers, then one entry whose header ends exactly where b does.
 func parseHeader(b []byte) (*tar.Header, error) {
-	cr := &countReader{r: bytes.NewReader(b)}
+	cr := &iox.CountingReader{R: bytes.NewReader(b)}
 	tr := tar.NewReader(cr)
 	for {
 		hdr, err := tr.Next()
@@ -54,8 +45,8 @@ func parseHeader(b []byte) (*tar.Header, error) {
 		if hdr.Typeflag == tar.TypeXGlobalHeader {
 			continue
 		}
-		if cr.n != int64(len(b)) {
-			return nil, invalid("tar header of %.64q is %d bytes, the toc holds %d", hdr.Name, cr.n, len(b))
+		if cr.N != int64(len(b)) {
+			return nil, invalid("tar header of %.64q is %d bytes, the toc holds %d", hdr.Name, cr.N, len(b))
 		}
 		return hdr, nil
 	}
@@ -226,25 +217,13 @@ func (t *TOC) Verify(ctx context.Context, stream io.Reader, diffID digest.Digest
 	}
 	h := sha256.New()
 	// Large reads: through a Layer, each is a chunk-cache file opened.
-	if _, err := io.CopyBuffer(h, ctxReader{ctx, tr}, make([]byte, 1<<20)); err != nil {
+	if _, err := io.CopyBuffer(h, iox.ContextReader(ctx, tr), make([]byte, 1<<20)); err != nil {
 		return fmt.Errorf("layer %s: rebuild its tar: %w", t.Layer, err)
 	}
 	if got := digest.NewDigest(digest.SHA256, h); got != diffID {
 		return fmt.Errorf("layer %s: its index rebuilds a tar of %s, the image says %s: %w", t.Layer, got, diffID, ErrMismatch)
 	}
 	return nil
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // DataStream reads the TOC's data object from r, in order from its start,

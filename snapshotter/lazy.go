@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -14,11 +13,10 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
 
 	"github.com/s3snap/s3snap/internal/atomicfile"
 	"github.com/s3snap/s3snap/lazy"
-	"github.com/s3snap/s3snap/lazy/mount"
+	"github.com/s3snap/s3snap/lazy/fused"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -26,19 +24,38 @@ import (
 // Its snapshot is committed empty and its upper directory then mounted
 // with FUSE, presenting the layer as overlayfs expects a lower directory;
 // file data is fetched by chunk on first read and the rest prefetched in
-// the background into a verified chunk cache under the root. Mounts are
-// recorded under <root>/lazy/mounts so the agent remounts them when it
-// starts again; committing before mounting keeps the overlay snapshotter's
-// disk-usage walk off the FUSE tree.
+// the background into a verified chunk cache under the root. The mounts
+// are served by the lazy FUSE server (package lazy/fused), a process of
+// its own that outlives the agent, through a Mounter: this process never
+// mounts or serves a lazy mount, so no restart or kill of it reaches a
+// container's reads, nor leaves it waiting on a mount it served itself.
+// Mounts are recorded under <root>/lazy/mounts so the agent re-adopts
+// (or remounts) them when it starts again; committing before mounting
+// keeps the overlay snapshotter's disk-usage walk off the FUSE tree.
+
+// Mounter serves the lazy mounts (fused.Client, talking to the server).
+// Mount is idempotent: the same layer through the same TOC already at
+// m.Dir is kept; on error nothing is mounted there. Unmount of a
+// directory with no mount is no error; a busy mount is detached, served
+// until its last user goes. List reports every mount the server holds;
+// an error wrapping fused.ErrNotRunning means there is no server, so no
+// mount is served.
+type Mounter interface {
+	Mount(ctx context.Context, m fused.Mount) error
+	Unmount(ctx context.Context, dir string) error
+	List(ctx context.Context) ([]fused.State, error)
+}
+
+// WithLazyMounter sets what serves lazy mounts; without one, lazy mode
+// (and the remount of earlier lazy mounts) fails to start.
+func WithLazyMounter(m Mounter) Option { return func(o *options) { o.lazy.mounter = m } }
 
 // labelLazyLayer marks a committed snapshot served by a lazy mount.
 const labelLazyLayer = "s3snap.io/lazy-layer"
 
 type lazyOptions struct {
-	enabled      bool
-	prefetchJobs int   // layers prefetched at once
-	runJobs      int   // ranged reads in flight per layer prefetch
-	runBytes     int64 // compressed bytes per prefetch read
+	enabled bool
+	mounter Mounter
 	// verifyBeforeStart: lazy_verify.go.
 	verifyBeforeStart bool
 }
@@ -60,13 +77,9 @@ type lazyRecord struct {
 	// was provided: a remount uses exactly that one, never one the bucket
 	// holds by then.
 	TOC digest.Digest `json:"toc,omitempty"`
-}
-
-type lazyMount struct {
-	rec    lazyRecord
-	layer  *lazy.Layer
-	mnt    *mount.Mounted
-	cancel context.CancelFunc
+	// DiffID is the layer's diff ID in the image (the TOC's, checked
+	// against the chain ID): the server verifies the layer against it.
+	DiffID digest.Digest `json:"diff_id,omitempty"`
 }
 
 // lazyProvider is the layerProvider that mounts layers lazily, and the
@@ -76,16 +89,16 @@ type lazyMount struct {
 // is on or an earlier run left lazy mounts; it provides layers only when
 // lazy mode is on.
 type lazyProvider struct {
-	ctx      context.Context       // the snapshotter's lifetime
-	sn       snapshots.Snapshotter // the overlay snapshotter
-	stores   StoreFunc
-	dir      string // <root>/lazy
-	opts     lazyOptions
-	cache    *lazy.Cache
-	prefetch chan struct{} // semaphore: layers prefetching
+	ctx    context.Context       // the snapshotter's lifetime
+	sn     snapshots.Snapshotter // the overlay snapshotter
+	stores StoreFunc
+	dir    string // <root>/lazy
+	fs     Mounter
+	// verifyBeforeStart: checkIndex (lazy_verify.go).
+	verifyBeforeStart bool
 
 	mu      sync.Mutex
-	mounts  map[string]*lazyMount    // by snapshot name
+	mounts  map[string]lazyRecord    // mounted, by snapshot name
 	pending map[string]chan struct{} // chain IDs being provided
 	// unavailable are committed lazy snapshots that are not mounted (yet):
 	// being mounted, or a remount failed and is being retried. Their
@@ -94,6 +107,11 @@ type lazyProvider struct {
 	unavailable map[string]unmounted
 	retrying    bool // a retry loop is running
 	closed      bool // close has begun: nothing more is mounted
+
+	// The chunk cache of verify_before_start (verifyCache), opened once.
+	cacheOnce sync.Once
+	cache     *lazy.Cache
+	cacheErr  error
 }
 
 // hasLazyMounts reports whether an earlier run left lazy mounts to restore:
@@ -113,14 +131,12 @@ func newLazyProvider(ctx context.Context, sn snapshots.Snapshotter, stores Store
 			return nil, fmt.Errorf("lazy state: %w", err)
 		}
 	}
-	cache, err := lazy.NewCache(filepath.Join(dir, "chunks"))
-	if err != nil {
-		return nil, err
+	if o.mounter == nil {
+		return nil, errors.New("lazy mounts need a lazy FUSE server (WithLazyMounter)")
 	}
 	return &lazyProvider{
-		ctx: ctx, sn: sn, stores: stores, dir: dir, opts: o, cache: cache,
-		prefetch: make(chan struct{}, max(o.prefetchJobs, 1)),
-		mounts:   map[string]*lazyMount{}, pending: map[string]chan struct{}{},
+		ctx: ctx, sn: sn, stores: stores, dir: dir, fs: o.mounter, verifyBeforeStart: o.verifyBeforeStart,
+		mounts: map[string]lazyRecord{}, pending: map[string]chan struct{}{},
 		unavailable: map[string]unmounted{},
 	}, nil
 }
@@ -236,7 +252,7 @@ func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string
 		removeSnapshot(ctx, l.sn, key)
 		return err
 	}
-	rec := lazyRecord{Name: r.chainID, Layer: r.layer, Host: r.host, Store: st.URL(), Dir: dir, Dirs: dirs, TOC: tocDigest}
+	rec := lazyRecord{Name: r.chainID, Layer: r.layer, Host: r.host, Store: st.URL(), Dir: dir, Dirs: dirs, TOC: tocDigest, DiffID: toc.DiffID}
 	// Recorded before the commit: a crash after it still finds the mount
 	// to restore; one before it leaves a record restore drops. Until it is
 	// mounted, no mount of a chain holding it is handed out.
@@ -255,7 +271,12 @@ func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string
 		return fmt.Errorf("commit lazy layer %s as %s: %w", r.layer, r.chainID, err)
 	}
 	committed := time.Since(start)
-	if _, err := l.mount(rec, toc, st); err != nil {
+	if err := l.mount(ctx, rec); err != nil {
+		// A request that failed on the way (a timeout, the server dying)
+		// may still have mounted: never remove a snapshot under a mount.
+		if uerr := l.fs.Unmount(context.WithoutCancel(ctx), rec.Dir); uerr != nil {
+			log.G(ctx).WithError(uerr).WithField("dir", rec.Dir).Warn("lazy: unmount after a failed mount")
+		}
 		removeSnapshot(ctx, l.sn, r.chainID)
 		l.removeRecord(r.chainID)
 		l.setAvailable(r.chainID)
@@ -269,83 +290,42 @@ func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string
 	return nil
 }
 
-// mount mounts rec's layer and starts prefetching it; once mounted, the
-// layer is available. st may be nil (the registry is no longer mapped):
-// then only cached chunks can be read.
-func (l *lazyProvider) mount(rec lazyRecord, toc *lazy.TOC, st *store.Store) (_ *lazyMount, retErr error) {
-	ctx, cancel := context.WithCancel(l.ctx)
-	ctx = log.WithLogger(ctx, log.G(ctx).WithField("layer", rec.Layer))
-	defer func() {
-		// The index was validated, but the agent must outlive anything a
-		// mount of untrusted input could still trip over.
-		if p := recover(); p != nil {
-			retErr = fmt.Errorf("mount lazy layer %s: panic: %v: %w", rec.Layer, p, lazy.ErrInvalidIndex)
-		}
-		if retErr != nil {
-			cancel()
-		}
-	}()
-	open := func() (io.ReaderAt, error) {
-		return nil, fmt.Errorf("layer %s: registry %s is not mapped to a store", rec.Layer, rec.Host)
-	}
-	if st != nil {
-		open = lazy.OpenData(ctx, st, toc)
-	}
-	m := &lazyMount{rec: rec, layer: lazy.NewLayer(toc, l.cache, open), cancel: cancel}
+// mount has the server mount rec's layer (and prefetch it) from the
+// local TOC copy rec.TOC names; once mounted, the layer is available.
+func (l *lazyProvider) mount(ctx context.Context, rec lazyRecord) error {
 	l.mu.Lock()
-	closed, mounted := l.closed, l.mounts[rec.Name] != nil
+	_, mounted := l.mounts[rec.Name]
+	closed := l.closed
 	l.mu.Unlock()
 	if closed {
-		return nil, fmt.Errorf("mount lazy layer %s: the snapshotter is closing", rec.Layer)
+		return fmt.Errorf("mount lazy layer %s: the snapshotter is closing", rec.Layer)
 	}
 	if mounted {
-		return nil, fmt.Errorf("mount lazy layer %s: %s is mounted already", rec.Layer, rec.Name)
+		return fmt.Errorf("mount lazy layer %s: %s is mounted already", rec.Layer, rec.Name)
 	}
-	// A mount left by an agent that was killed answers nothing: drop it.
-	_ = unix.Unmount(rec.Dir, unix.MNT_DETACH)
-	if err := os.MkdirAll(rec.Dir, 0o755); err != nil {
-		return nil, fmt.Errorf("mount point of lazy layer %s: %w", rec.Layer, err)
+	if err := l.fs.Mount(context.WithoutCancel(ctx), rec.request()); err != nil {
+		return fmt.Errorf("mount lazy layer %s: %w", rec.Layer, err)
 	}
-	mnt, err := mount.Mount(ctx, rec.Dir, m.layer, lazy.WithImplicitDirs(rec.Dirs))
-	if err != nil {
-		_ = unix.Rmdir(rec.Dir) // never leave an empty directory to be shown
-		return nil, err
-	}
-	m.mnt = mnt
+	l.adopt(rec)
+	return nil
+}
+
+// adopt marks rec mounted and available.
+func (l *lazyProvider) adopt(rec lazyRecord) {
 	l.mu.Lock()
-	l.mounts[rec.Name] = m
+	l.mounts[rec.Name] = rec
 	delete(l.unavailable, rec.Name)
 	l.mu.Unlock()
-	// A layer cached whole is still verified (runPrefetch, lazy_verify.go).
-	if st != nil || m.layer.CachedBytes() >= toc.StreamSize() {
-		go l.runPrefetch(ctx, m)
-	}
-	return m, nil
 }
 
-func (l *lazyProvider) runPrefetch(ctx context.Context, m *lazyMount) {
-	select {
-	case l.prefetch <- struct{}{}:
-		defer func() { <-l.prefetch }()
-	case <-ctx.Done():
-		return
+// request is what the server is asked to mount for rec.
+func (rec lazyRecord) request() fused.Mount {
+	// One verified here before start is not verified again.
+	_, verified := verifiedIndexes.Load(rec.TOC)
+	return fused.Mount{
+		Name: rec.Name, Dir: rec.Dir, Layer: rec.Layer, TOC: rec.TOC, Host: rec.Host, Store: rec.Store, Dirs: rec.Dirs,
+		DiffID: rec.DiffID, Verified: verified,
 	}
-	start := time.Now()
-	err := m.layer.Prefetch(ctx, l.opts.runJobs, l.opts.runBytes)
-	switch {
-	case err == nil:
-		log.G(ctx).WithField("took", time.Since(start)).WithField("bytes", m.layer.CachedBytes()).Debug("lazy layer prefetched")
-		l.verifyMounted(ctx, m)
-	case ctx.Err() != nil:
-	default:
-		log.G(ctx).WithError(err).Warn("lazy prefetch failed; files are still fetched on demand")
-	}
-}
-
-// unmount stops rec's prefetch and unmounts it.
-func (l *lazyProvider) unmount(m *lazyMount) error {
-	m.cancel()
-	return m.mnt.Unmount()
 }
 
 // remove removes a snapshot, unmounting it first if it is lazy. Nothing
@@ -358,10 +338,10 @@ func (l *lazyProvider) remove(ctx context.Context, key string) error {
 	}
 	defer release()
 	l.mu.Lock()
-	m := l.mounts[key]
+	rec, mounted := l.mounts[key]
 	_, down := l.unavailable[key]
 	l.mu.Unlock()
-	if m == nil {
+	if !mounted {
 		if err := l.sn.Remove(ctx, key); err != nil {
 			return err
 		}
@@ -383,15 +363,20 @@ func (l *lazyProvider) remove(ctx context.Context, key string) error {
 	if hasChildren {
 		return l.sn.Remove(ctx, key)
 	}
-	if err := l.unmount(m); err != nil {
-		return err
+	// A layer the server found bad is removed to be pulled again ("remove
+	// the image and pull it again"): learn it now, so that pull unpacks.
+	if states, err := l.fs.List(ctx); err == nil {
+		noteBad(states)
+	}
+	if err := l.fs.Unmount(context.WithoutCancel(ctx), rec.Dir); err != nil {
+		return fmt.Errorf("unmount lazy layer %s: %w", rec.Layer, err)
 	}
 	l.mu.Lock()
 	delete(l.mounts, key)
 	l.mu.Unlock()
 	if err := l.sn.Remove(ctx, key); err != nil {
 		// Still committed, now unmounted: never shown so, mounted again.
-		l.hide(ctx, m.rec, err)
+		l.hide(ctx, rec, err)
 		l.startRetry()
 		return err
 	}
@@ -401,27 +386,30 @@ func (l *lazyProvider) remove(ctx context.Context, key string) error {
 
 // usage is a lazy snapshot's usage: the bytes of its layer on local
 // disk. ok is false when key is not a mounted lazy layer.
-func (l *lazyProvider) usage(key string) (_ snapshots.Usage, ok bool) {
+func (l *lazyProvider) usage(ctx context.Context, key string) (_ snapshots.Usage, ok bool) {
 	l.mu.Lock()
-	m := l.mounts[key]
+	rec, mounted := l.mounts[key]
 	l.mu.Unlock()
-	if m == nil {
+	if !mounted {
 		return snapshots.Usage{}, false
 	}
-	return snapshots.Usage{Size: m.layer.CachedBytes(), Inodes: int64(len(m.layer.TOC().Entries))}, true
+	states, err := l.fs.List(ctx)
+	if err != nil {
+		log.G(ctx).WithError(err).Debug("lazy: usage")
+	}
+	for _, st := range states {
+		if st.Dir == rec.Dir {
+			return snapshots.Usage{Size: st.CachedBytes, Inodes: st.Inodes}, true
+		}
+	}
+	// Never the overlay snapshotter's walk: it would read the mount.
+	return snapshots.Usage{}, true
 }
 
-// close unmounts every lazy layer (detaching those still in use).
+// close stops mounting. The mounts stay: they are the server's, and
+// outlive this process.
 func (l *lazyProvider) close() {
 	l.mu.Lock()
 	l.closed = true
-	mounts := l.mounts
-	l.mounts = map[string]*lazyMount{}
 	l.mu.Unlock()
-	for _, m := range mounts {
-		if err := l.unmount(m); err != nil {
-			log.G(l.ctx).WithError(err).WithField("dir", m.rec.Dir).Warn("lazy: unmount")
-		}
-	}
-	l.cache.Close()
 }

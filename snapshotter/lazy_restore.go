@@ -18,6 +18,7 @@ import (
 
 	"github.com/s3snap/s3snap/internal/atomicfile"
 	"github.com/s3snap/s3snap/lazy"
+	"github.com/s3snap/s3snap/lazy/fused"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -81,10 +82,50 @@ func (l *lazyProvider) checkMounted(ctx context.Context, name string) error {
 	return nil
 }
 
-// restoreLazy remounts every lazy snapshot a previous run committed. One
-// that cannot be mounted now is kept from being shown and retried in the
-// background; nothing here can stop the agent from starting.
+// restoreLazy re-adopts or remounts every lazy snapshot a previous run
+// committed: one the server still serves as recorded is adopted as it is
+// (a running container's reads never notice the agent restarted), any
+// other is mounted again. One that cannot be mounted now is kept from
+// being shown and retried in the background; a mount the server holds
+// that no record names (a pull killed half way, a snapshot removed
+// meanwhile) is unmounted. Nothing here can stop the agent from starting.
 func (l *lazyProvider) restoreLazy(ctx context.Context) {
+	served := map[string]fused.State{}
+	states, listErr := l.fs.List(ctx)
+	noteBad(states)
+	if listErr != nil && !errors.Is(listErr, fused.ErrNotRunning) {
+		// A server that does not answer in time would hold up the start
+		// for every mount: the layers wait, unavailable, for the retry
+		// loop (which keeps a mount the server still serves).
+		log.G(ctx).WithError(listErr).Warn("lazy: the lazy FUSE server does not answer; its layers wait for it")
+	} else {
+		listErr = nil
+	}
+	for _, st := range states {
+		served[st.Dir] = st
+	}
+	defer func() {
+		if listErr != nil {
+			return
+		}
+		// Only now: records dropped above must not keep their mounts.
+		named := map[string]bool{}
+		l.mu.Lock()
+		for _, rec := range l.mounts {
+			named[rec.Dir] = true
+		}
+		for _, u := range l.unavailable {
+			named[u.rec.Dir] = true
+		}
+		l.mu.Unlock()
+		for dir := range served {
+			if !named[dir] {
+				if err := l.fs.Unmount(ctx, dir); err != nil {
+					log.G(ctx).WithError(err).WithField("dir", dir).Warn("lazy: unmount a mount no snapshot names")
+				}
+			}
+		}
+	}()
 	entries, err := os.ReadDir(filepath.Join(l.dir, "mounts"))
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("lazy: read mount records")
@@ -104,6 +145,14 @@ func (l *lazyProvider) restoreLazy(ctx context.Context) {
 		info, err := l.sn.Stat(ctx, rec.Name)
 		if err != nil || info.Kind != snapshots.KindCommitted {
 			l.removeRecord(rec.Name) // never committed, or removed meanwhile
+			continue
+		}
+		if st, ok := served[rec.Dir]; ok && st.Mounted && st.Layer == rec.Layer && st.TOC == rec.TOC && rec.TOC != "" {
+			l.adopt(rec)
+			continue
+		}
+		if listErr != nil {
+			l.setUnavailable(rec, listErr)
 			continue
 		}
 		if err := l.remountLazy(ctx, rec); err != nil {
@@ -133,7 +182,8 @@ func (l *lazyProvider) stillUnavailable(name string) (lazyRecord, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	u, down := l.unavailable[name]
-	return u.rec, down && l.mounts[name] == nil && !l.closed
+	_, mounted := l.mounts[name]
+	return u.rec, down && !mounted && !l.closed
 }
 
 // hide marks rec unavailable and takes its mount point away.
@@ -236,8 +286,17 @@ func (l *lazyProvider) remountLazy(ctx context.Context, rec lazyRecord) (retErr 
 	if toc.Layer != rec.Layer {
 		return fmt.Errorf("local toc of %s describes %s: %w", rec.Layer, toc.Layer, lazy.ErrInvalidIndex)
 	}
-	_, err = l.mount(rec, toc, st)
-	return err
+	if rec.TOC == "" {
+		// An older agent's record: the server reads the copy by its digest.
+		rec.TOC = digest.FromBytes(raw)
+		if err := atomicfile.Write(l.tocPath(rec.TOC), raw, 0o600); err != nil {
+			return fmt.Errorf("keep toc of %s: %w", rec.Layer, err)
+		}
+		if err := l.writeRecord(rec); err != nil {
+			return err
+		}
+	}
+	return l.mount(ctx, rec)
 }
 
 // tocPath is where a local copy of an encoded TOC is kept, by its own

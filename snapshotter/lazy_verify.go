@@ -2,14 +2,15 @@ package snapshotter
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/s3snap/s3snap/lazy"
+	"github.com/s3snap/s3snap/lazy/fused"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -17,11 +18,13 @@ import (
 // chain ID containerd asked for (so against the image config, bound to
 // the manifest digest), but its content is only the bucket's word until
 // the layer's tar, rebuilt from the index (format v2), hashes to that
-// diff ID. That check runs once the background prefetch has the whole
-// layer (verifyMounted): a mismatch marks the layer bad, so its reads fail
-// with EIO, and its index is never used again by this agent. With
-// [lazy] verify_before_start it runs before the snapshot is committed
-// (checkIndex): a mismatch then means the layer is unpacked instead.
+// diff ID. That check runs in the lazy FUSE server once its prefetch has
+// the whole layer: a mismatch marks the layer bad, so its reads fail with
+// EIO, and the server's List reports it (noteBad), so this agent never
+// mounts that index again. With [lazy] verify_before_start it runs here,
+// before the snapshot is committed (checkIndex), on a layer fetched
+// whole in this process (no FUSE): a mismatch then means the layer is
+// unpacked instead.
 
 // WithLazyVerifyBeforeStart fetches and verifies a lazy layer whole before
 // its snapshot is committed (default off: after, in the background).
@@ -33,6 +36,13 @@ func WithLazyVerifyBeforeStart(b bool) Option {
 // verifiedIndexes those that passed (in this process: not checked twice).
 var badIndexes, verifiedIndexes sync.Map
 
+// What checkIndex fetches at once: the ranged reads in flight and the
+// compressed bytes of one (the server's prefetch defaults).
+const (
+	verifyRunJobs  = 2
+	verifyRunBytes = 16 << 20
+)
+
 // checkIndex decides whether toc (raw: its encoded bytes, from st), whose
 // diff ID was checked against the chain ID, may serve r. An error wrapping
 // lazy.ErrInvalidIndex means it may not (the layer is unpacked).
@@ -43,16 +53,20 @@ func (l *lazyProvider) checkIndex(ctx context.Context, r request, toc *lazy.TOC,
 	if !toc.Verifiable() {
 		log.G(ctx).WithField("layer", r.layer).WithField("image", r.host+"/"+r.repo).
 			Warn("lazy index format v1: the layer's content cannot be verified; s3snap index rewrites it as v2")
-		if l.opts.verifyBeforeStart {
+		if l.verifyBeforeStart {
 			return fmt.Errorf("layer %s: verify_before_start: %w", r.layer, lazy.ErrUnverifiable)
 		}
 		return nil
 	}
-	if !l.opts.verifyBeforeStart {
+	if !l.verifyBeforeStart {
 		return nil
 	}
-	layer := lazy.NewLayer(toc, l.cache, lazy.OpenData(ctx, st, toc))
-	if err := layer.Prefetch(ctx, l.opts.runJobs, l.opts.runBytes); err != nil {
+	cache, err := l.verifyCache()
+	if err != nil {
+		return err
+	}
+	layer := lazy.NewLayer(toc, cache, lazy.OpenData(ctx, st, toc))
+	if err := layer.Prefetch(ctx, verifyRunJobs, verifyRunBytes); err != nil {
 		return fmt.Errorf("fetch layer %s to verify it: %w", r.layer, err)
 	}
 	if err := layer.Verify(ctx, toc.DiffID); err != nil {
@@ -68,24 +82,20 @@ func (l *lazyProvider) checkIndex(ctx context.Context, r request, toc *lazy.TOC,
 	return nil
 }
 
-// verifyMounted checks a mounted layer once its prefetch has it whole.
-func (l *lazyProvider) verifyMounted(ctx context.Context, m *lazyMount) {
-	if _, ok := verifiedIndexes.Load(m.rec.TOC); ok {
-		return
+// noteBad remembers the TOCs of mounts the server found bad: no new
+// pull mounts them again (checkIndex), its layer is unpacked instead.
+func noteBad(states []fused.State) {
+	for _, st := range states {
+		if st.Bad != "" {
+			badIndexes.Store(st.TOC, true)
+		}
 	}
-	toc := m.layer.TOC()
-	err := m.layer.Verify(ctx, toc.DiffID)
-	fields := log.Fields{"layer": m.rec.Layer, "snapshot": m.rec.Name, "registry": m.rec.Host}
-	switch {
-	case err == nil:
-		verifiedIndexes.Store(m.rec.TOC, true)
-		log.G(ctx).WithFields(fields).Debug("lazy layer verified")
-	case errors.Is(err, lazy.ErrUnverifiable):
-		log.G(ctx).WithFields(fields).Warn("lazy layer served from a v1 index, unverified; s3snap index rewrites it as v2")
-	case m.layer.Bad() != nil:
-		badIndexes.Store(m.rec.TOC, true)
-		log.G(ctx).WithError(err).WithFields(fields).Error("lazy layer does not match the image: its reads now fail (EIO); remove the image and pull it again")
-	case ctx.Err() == nil:
-		log.G(ctx).WithError(err).WithFields(fields).Warn("lazy layer could not be verified")
-	}
+}
+
+// verifyCache is the chunk cache checkIndex fetches into: the server's
+// directory (chunks are content-addressed and checked on read, so the
+// two processes share it, and the server then finds the layer cached).
+func (l *lazyProvider) verifyCache() (*lazy.Cache, error) {
+	l.cacheOnce.Do(func() { l.cache, l.cacheErr = lazy.NewCache(filepath.Join(l.dir, "chunks")) })
+	return l.cache, l.cacheErr
 }

@@ -12,9 +12,10 @@
 // providers. The eager one (eager.go) fetches the layer with parallel
 // ranged GETs, verifies and unpacks it; the first layer's Prepare starts
 // every missing layer of the image unpacking at once (jobs.go, stores.go,
-// unpack.go). The lazy one (lazy.go, lazy_restore.go), when lazy mode is
-// on, commits the layer empty and mounts its index there with package
-// lazy, fetching file data on first read. Either commits through
+// unpack.go). The lazy one (lazy.go, lazy_restore.go, lazy_watch.go),
+// when lazy mode is on, commits the layer empty and has the lazy FUSE
+// server (package lazy/fused, a process of its own) mount its index
+// there, fetching file data on first read. Either commits through
 // commitLayer, only under the chain ID the layer makes (chain.go), with
 // its implicit directories as containerd's applier makes them
 // (parents.go).
@@ -76,7 +77,7 @@ func WithStagedTTL(d time.Duration) Option { return func(o *options) { o.stagedT
 // New opens (or creates) the snapshotter's state under root, removing
 // staging snapshots a previous run left behind.
 func New(ctx context.Context, root string, stores StoreFunc, opts ...Option) (*Snapshotter, error) {
-	o := options{unpackJobs: 2, stagedTTL: 10 * time.Minute, lazy: lazyOptions{prefetchJobs: 1, runJobs: 2, runBytes: 16 << 20}}
+	o := options{unpackJobs: 2, stagedTTL: 10 * time.Minute}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -98,6 +99,7 @@ func New(ctx context.Context, root string, stores StoreFunc, opts ...Option) (*S
 			return nil, err
 		}
 		s.lazy.restoreLazy(ctx)
+		go s.lazy.watch(lifetime, lazyWatchEvery)
 		if o.lazy.enabled {
 			s.providers = append(s.providers, s.lazy)
 		}
@@ -195,7 +197,7 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 // Usage of a lazy snapshot is the bytes of its layer on local disk.
 func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, error) {
 	if s.lazy != nil {
-		if u, ok := s.lazy.usage(key); ok {
+		if u, ok := s.lazy.usage(ctx, key); ok {
 			return u, nil
 		}
 	}

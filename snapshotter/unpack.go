@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/s3snap/s3snap/internal/iox"
 	"github.com/s3snap/s3snap/internal/untar"
 	"github.com/s3snap/s3snap/lazy"
 	"github.com/s3snap/s3snap/store"
@@ -100,7 +101,7 @@ func unpackBlob(ctx context.Context, sn snapshots.Snapshotter, st *store.Store, 
 		return nil, fmt.Errorf("open layer %s: %w", d, err)
 	}
 	defer rc.Close()
-	counted := &countingReader{r: rc}
+	counted := &iox.CountingReader{R: rc}
 	// compression uses igzip, else unpigz, when on PATH, as containerd does.
 	ds, err := compression.DecompressStream(counted)
 	if err != nil {
@@ -116,10 +117,10 @@ func unpackBlob(ctx context.Context, sn snapshots.Snapshotter, st *store.Store, 
 	if _, err := io.Copy(io.Discard, counted); err != nil {
 		return nil, fmt.Errorf("read layer %s: %w", d, err)
 	}
-	if counted.n != info.Size {
-		return nil, fmt.Errorf("layer %s: read %d of %d bytes: %w", d, counted.n, info.Size, store.ErrSizeMismatch)
+	if counted.N != info.Size {
+		return nil, fmt.Errorf("layer %s: read %d of %d bytes: %w", d, counted.N, info.Size, store.ErrSizeMismatch)
 	}
-	sl := &staged{key: s.key, dir: s.dir, dirs: dirs, diffID: diffID, bytes: counted.n, store: st.URL(), source: "blob"}
+	sl := &staged{key: s.key, dir: s.dir, dirs: dirs, diffID: diffID, bytes: counted.N, store: st.URL(), source: "blob"}
 	unpackSeconds.Observe(time.Since(start).Seconds())
 	log.G(ctx).WithField("layer", d).WithField("bytes", sl.bytes).WithField("took", time.Since(start)).Debug("layer unpacked from s3")
 	return sl, nil
@@ -184,15 +185,4 @@ func blobError(err error, blob io.Reader) error {
 		return fmt.Errorf("%w (%w)", derr, err)
 	}
 	return err
-}
-
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }

@@ -57,6 +57,12 @@ type Config struct {
 // instead of unpacked before the container starts.
 type LazyConfig struct {
 	Enabled bool `toml:"enabled"`
+	// Server says who runs the lazy FUSE server, the process that holds
+	// the lazy mounts so they outlive the agent: "agent" (the default:
+	// the agent starts it, detached) or "external" (run apart as `s3snap
+	// agent fused`, e.g. a second container of a DaemonSet's pod, whose
+	// processes die with the agent's container otherwise).
+	Server string `toml:"server"`
 	// VerifyBeforeStart fetches a lazy layer whole and checks its index
 	// rebuilds the layer (the diff ID of the image config) before the
 	// snapshot is committed: the container waits for the layer, and an
@@ -65,6 +71,12 @@ type LazyConfig struct {
 	// prefetch has the layer, and a mismatch makes its reads fail (EIO).
 	VerifyBeforeStart bool `toml:"verify_before_start"`
 }
+
+// Lazy FUSE server modes (LazyConfig.Server).
+const (
+	LazyServerAgent    = "agent"
+	LazyServerExternal = "external"
+)
 
 // MirrorConfig is the [mirror] table.
 type MirrorConfig struct {
@@ -204,6 +216,15 @@ func (c *Config) Validate() error {
 	}
 	if err := mirror.CheckLoopback(c.Metrics.Address); err != nil {
 		bad("[metrics] address: %w", err)
+	}
+	switch c.Lazy.Server {
+	case "", LazyServerAgent, LazyServerExternal:
+	default:
+		bad("[lazy] server %q: want %q or %q", c.Lazy.Server, LazyServerAgent, LazyServerExternal)
+	}
+	// The lazy FUSE server's socket is <root>/fused/fused.sock.
+	if c.Lazy.Enabled && len(c.Root)+len("/fused/fused.sock") >= 108 {
+		bad("root %q: too long for the lazy FUSE server's socket under it (a unix socket path must be shorter than 108 bytes)", c.Root)
 	}
 	if c.Mirror.Address == c.Metrics.Address {
 		bad("[mirror] and [metrics] both listen on %s", c.Mirror.Address)

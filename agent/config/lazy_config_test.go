@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -19,6 +20,10 @@ func TestLazyConfig(t *testing.T) {
 		{"verified before start", "[lazy]\nenabled = true\nverify_before_start = true\n" + registry, true, true, nil},
 		{"unknown key", "[lazy]\nenable = true\n" + registry, false, false, ErrInvalidConfig},
 		{"not a bool", "[lazy]\nenabled = \"yes\"\n" + registry, false, false, ErrInvalidConfig},
+		{"external server", "[lazy]\nenabled = true\nserver = \"external\"\n" + registry, true, false, nil},
+		{"server by the agent", "[lazy]\nenabled = true\nserver = \"agent\"\n" + registry, true, false, nil},
+		{"unknown server", "[lazy]\nenabled = true\nserver = \"systemd\"\n" + registry, false, false, ErrInvalidConfig},
+		{"root too long for the server's socket", "root = \"/" + strings.Repeat("r", 95) + "\"\n[lazy]\nenabled = true\n" + registry, false, false, ErrInvalidConfig},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/spf13/cobra"
 
 	"github.com/s3snap/s3snap/agent"
 	agentconfig "github.com/s3snap/s3snap/agent/config"
+	"github.com/s3snap/s3snap/lazy/fused"
 )
 
 const agentLong = `Run the node agent: a containerd snapshotter that fills image layers
@@ -49,6 +52,11 @@ The config file (TOML; unknown keys are errors):
 
   # Images of this registry host are looked for under this bucket and
   # prefix (the prefix is taken as written: no probing).
+  [lazy]
+  enabled = false                       # mount indexed layers with FUSE, read on demand (default off)
+  # server = "external"                 # the lazy FUSE server is run apart (s3snap agent
+                                        # fused); default "agent": the agent starts it
+
   [[registry]]
   host  = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
   store = "s3://my-images/ecr"
@@ -106,9 +114,14 @@ func newAgentCmd(g *globals) *cobra.Command {
 			if !cmd.Flags().Changed("log-level") {
 				_ = log.SetLevel("info") // a daemon logs what it does
 			}
-			return agent.Run(cmd.Context(), cfg)
+			level := "" // the server's default (info), unless set
+			if cmd.Flags().Changed("log-level") {
+				level = g.logLevel
+			}
+			return agent.Run(cmd.Context(), cfg, agent.WithVersion(readBuildInfo().Version), agent.WithConfigPath(configPath, level))
 		},
 	}
+	cmd.AddCommand(newAgentFusedCmd(g))
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", agentconfig.DefaultConfigPath, "agent config file (TOML)")
 	f.BoolVar(&printConfig, "print-containerd-config", false, "print the containerd config and hosts.toml files the loaded config needs, and exit")
@@ -122,4 +135,51 @@ func printContainerdConfig(g *globals, cfg agentconfig.Config, hostsDir string) 
 	for _, r := range cfg.Registry {
 		fmt.Fprintf(w, "\n# %s\n%s", agentconfig.HostsTOMLPath(hostsDir, r.Host), agentconfig.HostsTOML(cfg, r.Host, ""))
 	}
+}
+
+// newAgentFusedCmd is the lazy FUSE server the agent starts; run by hand
+// only to stop it.
+func newAgentFusedCmd(g *globals) *cobra.Command {
+	var (
+		configPath string
+		stop       bool
+		ifIdle     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "fused",
+		Short: "Serve the agent's lazy FUSE mounts (started by the agent; --stop stops it)",
+		Long: `Serve the lazy (FUSE) mounts of the agent whose config is given, in a process
+of their own that outlives the agent: restarts, crashes and upgrades of the
+agent do not interrupt running containers' reads. The agent starts it when
+it needs it, detached; a running one is re-used by the next agent.
+
+--stop asks the running server to unmount everything (detaching mounts in
+use: running containers' lazy reads then fail) and exit; with --if-idle only
+when it holds no mount.`,
+		Hidden: true,
+		Args:   exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := agentconfig.Load(configPath)
+			if err != nil {
+				return err
+			}
+			if stop {
+				err := fused.NewClient(cfg.Root).Shutdown(cmd.Context(), ifIdle, 30*time.Second)
+				if errors.Is(err, fused.ErrNotRunning) {
+					fmt.Fprintln(g.stdout, "the lazy FUSE server is not running")
+					return nil
+				}
+				return err
+			}
+			if !cmd.Flags().Changed("log-level") {
+				_ = log.SetLevel("info")
+			}
+			return agent.RunFused(cmd.Context(), cfg, readBuildInfo().Version)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", agentconfig.DefaultConfigPath, "agent config file (TOML)")
+	f.BoolVar(&stop, "stop", false, "stop the running server (unmounting every lazy layer) and exit")
+	f.BoolVar(&ifIdle, "if-idle", false, "with --stop: only if it holds no mount")
+	return cmd
 }

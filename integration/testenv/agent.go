@@ -33,6 +33,7 @@ type Agent struct {
 	HostsDir    string // containerd registry config_path (hosts.toml dirs)
 	env         []string
 	t           testing.TB
+	bin         string // the s3snap binary it runs
 }
 
 // AgentOptions configure StartAgent.
@@ -86,6 +87,7 @@ func StartAgent(t testing.TB, opts AgentOptions) *Agent {
 		a.ConfigPath, a.Config, a.Root, a.Socket = opts.ConfigPath, cfg, cfg.Root, cfg.Socket
 		a.MirrorAddr, a.MetricsAddr, a.HostsDir = cfg.Mirror.Address, cfg.Metrics.Address, ""
 		a.env = agentEnv(opts)
+		a.cleanupFused(t)
 		a.start(t, bin)
 		return a
 	}
@@ -103,6 +105,7 @@ func StartAgent(t testing.TB, opts AgentOptions) *Agent {
 		t.Fatalf("generated agent config: %v", err)
 	}
 	a.env = agentEnv(opts)
+	a.cleanupFused(t)
 	a.start(t, bin)
 	return a
 }
@@ -121,6 +124,7 @@ func agentEnv(opts AgentOptions) []string {
 // ends (even when a subtest restarts it); t is the one waiting for it.
 func (a *Agent) start(t testing.TB, bin string) {
 	t.Helper()
+	a.bin = bin
 	a.Process = Start(a.t, "s3snap-agent", a.env, bin, "agent", "--config", a.ConfigPath, "--log-level", "debug")
 	WaitFor(t, a.Process, 30*time.Second, "agent mirror at "+a.MirrorAddr, func() bool {
 		_, err := os.Stat(a.Socket)
@@ -134,7 +138,15 @@ func (a *Agent) start(t testing.TB, bin string) {
 func (a *Agent) Restart(t testing.TB) {
 	t.Helper()
 	a.Stop()
-	a.start(t, S3snapBinary(t))
+	a.start(t, a.bin)
+}
+
+// Upgrade stops the agent (SIGTERM) and starts bin, another s3snap build,
+// on the same config and state; later restarts run bin too.
+func (a *Agent) Upgrade(t testing.TB, bin string) {
+	t.Helper()
+	a.Stop()
+	a.start(t, bin)
 }
 
 // ContainerdConfig writes a hosts.toml for upstreamHost under HostsDir
@@ -269,4 +281,17 @@ func S3snapBinary(t testing.TB) string {
 		t.Fatal(s3snapBin.err)
 	}
 	return s3snapBin.path
+}
+
+// S3snapBinaryVersion builds ./cmd/s3snap as version (-X main.version),
+// a build other than S3snapBinary's, to upgrade an agent to.
+func S3snapBinaryVersion(t testing.TB, version string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "s3snap")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if out, err := RunErr(ctx, "go", "build", "-C", moduleRoot(t), "-ldflags", "-X main.version="+version, "-o", path, "./cmd/s3snap"); err != nil {
+		t.Fatalf("go build ./cmd/s3snap (version %s): %v\n%s", version, err, out)
+	}
+	return path
 }

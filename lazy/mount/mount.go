@@ -44,12 +44,13 @@ func Mount(ctx context.Context, dir string, l *lazy.Layer, opts ...lazy.TreeOpti
 	forever := 24 * time.Hour
 	fsOpts := &fs.Options{
 		MountOptions: fuse.MountOptions{
-			AllowOther:   true,
-			FsName:       "s3snap:" + l.TOC().Layer.Encoded()[:12],
-			Name:         "s3snap",
-			DirectMount:  true, // as root: mount(2) itself, no fusermount needed
-			Options:      []string{"default_permissions", "ro"},
-			MaxReadAhead: 1 << 20,
+			AllowOther: true,
+			FsName:     "s3snap:" + l.TOC().Layer.Encoded()[:12],
+			Name:       "s3snap",
+			// As root: mount(2) itself, never fusermount.
+			DirectMountStrict: true,
+			Options:           []string{"default_permissions", "ro"},
+			MaxReadAhead:      1 << 20,
 		},
 		EntryTimeout:    &forever,
 		AttrTimeout:     &forever,
@@ -65,17 +66,18 @@ func Mount(ctx context.Context, dir string, l *lazy.Layer, opts ...lazy.TreeOpti
 	if err != nil {
 		return nil, fmt.Errorf("fuse mount %s: %w", dir, err)
 	}
+	// NewServer has mounted and answered INIT. WaitMount is not called:
+	// all it adds is go-fuse's poll probe, an open inside the new mount by
+	// this very process, and a process must never wait on a mount it
+	// serves (killed then, it hangs in D state for good). Nothing here
+	// reads through its own mounts, so the probe has nothing to prevent.
 	go srv.Serve()
-	if err := srv.WaitMount(); err != nil {
-		return nil, fmt.Errorf("fuse mount %s: %w", dir, err)
-	}
-	return &Mounted{srv: srv, dir: dir}, nil
+	return &Mounted{dir: dir}, nil
 }
 
 // Mounted is a layer Mount presents; only Unmount is left to do with it.
-// It keeps the FUSE server out of its users' sight (and imports).
+// Its server's loops end by themselves when the kernel ends the mount.
 type Mounted struct {
-	srv *fuse.Server
 	dir string
 }
 
@@ -267,14 +269,15 @@ func (r *node) Removexattr(context.Context, string) syscall.Errno              {
 
 // Unmount unmounts the layer; when it is busy (a running container's
 // overlay still uses it) it is detached instead, so it goes away once the
-// last user does.
+// last user does, served until then. It never waits for the server's
+// loops (go-fuse's Unmount does, which hung a stop as long as a
+// container held the mount).
 func (m *Mounted) Unmount() error {
-	if m.srv != nil {
-		if err := m.srv.Unmount(); err == nil {
-			return nil
-		}
+	err := unix.Unmount(m.dir, 0)
+	if errors.Is(err, unix.EBUSY) {
+		err = unix.Unmount(m.dir, unix.MNT_DETACH)
 	}
-	if err := unix.Unmount(m.dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+	if err != nil && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("unmount %s: %w", m.dir, err)
 	}
 	return nil

@@ -22,6 +22,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/s3snap/s3snap/internal/iox"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -186,7 +187,7 @@ func (a *Archive) compressLayer(ctx context.Context, l string, diffID digest.Dig
 	if err != nil {
 		return v1.Hash{}, dockerLayer{}, err
 	}
-	if _, err := io.Copy(zw, io.TeeReader(ctxReader{ctx, r}, diff)); err != nil {
+	if _, err := io.Copy(zw, io.TeeReader(iox.ContextReader(ctx, r), diff)); err != nil {
 		return v1.Hash{}, dockerLayer{}, fmt.Errorf("compress: %w", err)
 	}
 	if err := zw.Close(); err != nil {
@@ -212,7 +213,7 @@ func (a *Archive) compressLayer(ctx context.Context, l string, diffID digest.Dig
 // go-containerregistry write these): it is pushed as it is.
 func (a *Archive) checkGzipLayer(ctx context.Context, name string, r *io.SectionReader, diffID digest.Digest) (v1.Hash, dockerLayer, error) {
 	comp := sha256.New()
-	zr, err := gzip.NewReader(io.TeeReader(ctxReader{ctx, r}, comp))
+	zr, err := gzip.NewReader(io.TeeReader(iox.ContextReader(ctx, r), comp))
 	if err != nil {
 		return v1.Hash{}, dockerLayer{}, fmt.Errorf("gzip: %v: %w", err, ErrArchive)
 	}
@@ -304,16 +305,3 @@ func digestInName(p string) (digest.Digest, bool) {
 type countWriter struct{ n int64 }
 
 func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
-
-// ctxReader stops a long read when ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
-}
