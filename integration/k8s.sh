@@ -586,6 +586,16 @@ kill_pods() {
   done
 }
 
+# stop_fused stops the agent's lazy FUSE server: it runs in a session of
+# its own, so that stopping the agent (its process group) leaves it and
+# the pods' lazy mounts alone, as a restart must.
+stop_fused() {
+  local cfg=$DIR/node/etc/s3snap/config.toml
+  [[ -f $DIR/agent.toml ]] && cfg=$DIR/agent.toml
+  [[ -x $DIR/bin/s3snap && -f $cfg ]] || return 0
+  "$DIR/bin/s3snap" agent fused --stop --config "$cfg" >/dev/null 2>&1 || true
+}
+
 down() {
   envsetup
   ports
@@ -593,6 +603,7 @@ down() {
   kill_pods
   local n
   for n in containerd agent scheduler controller-manager apiserver etcd ecrfake registry; do stop "$n"; done
+  stop_fused
   restore_sysctls
   # kubelet's pod volumes and the agent's lazy mounts, deepest first.
   grep -o " $DIR/[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
