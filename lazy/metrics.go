@@ -14,4 +14,12 @@ var (
 		Namespace: "s3snap", Subsystem: "lazy", Name: "fetched_bytes_total",
 		Help: "Compressed lazy data bytes fetched from S3.",
 	})
+	cacheBytes = promauto.NewGauge(prometheus.GaugeOpts{
+		Namespace: "s3snap", Subsystem: "lazy", Name: "cache_bytes",
+		Help: "Bytes of verified lazy chunks on local disk (the chunk cache).",
+	})
+	cacheEvictions = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "s3snap", Subsystem: "lazy", Name: "cache_evictions_total",
+		Help: "Lazy chunks evicted from the chunk cache to keep it within its limit.",
+	})
 )

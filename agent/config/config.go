@@ -63,6 +63,11 @@ type LazyConfig struct {
 	// agent fused`, e.g. a second container of a DaemonSet's pod, whose
 	// processes die with the agent's container otherwise).
 	Server string `toml:"server"`
+	// CacheMaxBytes bounds the verified chunk cache (<root>/lazy/chunks)
+	// the lazy FUSE server keeps; 0 is a tenth of root's file system (at
+	// most 32GiB). Chunks of layers no longer mounted are evicted first,
+	// then the least recently read; a chunk read again is fetched again.
+	CacheMaxBytes Size `toml:"cache_max_bytes"`
 }
 
 // Lazy FUSE server modes (LazyConfig.Server).
@@ -214,6 +219,9 @@ func (c *Config) Validate() error {
 	case "", LazyServerAgent, LazyServerExternal:
 	default:
 		bad("[lazy] server %q: want %q or %q", c.Lazy.Server, LazyServerAgent, LazyServerExternal)
+	}
+	if c.Lazy.CacheMaxBytes != 0 && c.Lazy.CacheMaxBytes < 64<<20 {
+		bad("[lazy] cache_max_bytes %d: want at least 64MiB, or 0 for a tenth of root's file system (at most 32GiB)", c.Lazy.CacheMaxBytes)
 	}
 	// The lazy FUSE server's socket is <root>/fused/fused.sock.
 	if c.Lazy.Enabled && len(c.Root)+len("/fused/fused.sock") >= 108 {

@@ -13,15 +13,20 @@ func TestLazyConfig(t *testing.T) {
 		toml    string
 		enabled bool
 		err     error
+		cache   Size
 	}{
-		{"off by default", registry, false, nil},
-		{"on", "[lazy]\nenabled = true\n" + registry, true, nil},
-		{"unknown key", "[lazy]\nenable = true\n" + registry, false, ErrInvalidConfig},
-		{"not a bool", "[lazy]\nenabled = \"yes\"\n" + registry, false, ErrInvalidConfig},
-		{"external server", "[lazy]\nenabled = true\nserver = \"external\"\n" + registry, true, nil},
-		{"server by the agent", "[lazy]\nenabled = true\nserver = \"agent\"\n" + registry, true, nil},
-		{"unknown server", "[lazy]\nenabled = true\nserver = \"systemd\"\n" + registry, false, ErrInvalidConfig},
-		{"root too long for the server's socket", "root = \"/" + strings.Repeat("r", 95) + "\"\n[lazy]\nenabled = true\n" + registry, false, ErrInvalidConfig},
+		{"off by default", registry, false, nil, 0},
+		{"on", "[lazy]\nenabled = true\n" + registry, true, nil, 0},
+		{"unknown key", "[lazy]\nenable = true\n" + registry, false, ErrInvalidConfig, 0},
+		{"not a bool", "[lazy]\nenabled = \"yes\"\n" + registry, false, ErrInvalidConfig, 0},
+		{"external server", "[lazy]\nenabled = true\nserver = \"external\"\n" + registry, true, nil, 0},
+		{"server by the agent", "[lazy]\nenabled = true\nserver = \"agent\"\n" + registry, true, nil, 0},
+		{"unknown server", "[lazy]\nenabled = true\nserver = \"systemd\"\n" + registry, false, ErrInvalidConfig, 0},
+		{"root too long for the server's socket", "root = \"/" + strings.Repeat("r", 95) + "\"\n[lazy]\nenabled = true\n" + registry, false, ErrInvalidConfig, 0},
+		{"cache limit as a size string", "[lazy]\nenabled = true\ncache_max_bytes = \"2GiB\"\n" + registry, true, nil, 2 << 30},
+		{"cache limit in bytes", "[lazy]\nenabled = true\ncache_max_bytes = 134217728\n" + registry, true, nil, 128 << 20},
+		{"cache limit too small", "[lazy]\nenabled = true\ncache_max_bytes = \"1MiB\"\n" + registry, false, ErrInvalidConfig, 0},
+		{"cache limit not a size", "[lazy]\nenabled = true\ncache_max_bytes = \"lots\"\n" + registry, false, ErrInvalidConfig, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -31,6 +36,9 @@ func TestLazyConfig(t *testing.T) {
 			}
 			if err == nil && cfg.Lazy.Enabled != tc.enabled {
 				t.Errorf("lazy enabled = %v, want %v", cfg.Lazy.Enabled, tc.enabled)
+			}
+			if err == nil && cfg.Lazy.CacheMaxBytes != tc.cache {
+				t.Errorf("cache_max_bytes = %d, want %d", cfg.Lazy.CacheMaxBytes, tc.cache)
 			}
 		})
 	}

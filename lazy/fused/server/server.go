@@ -41,6 +41,7 @@ type options struct {
 	prefetchJobs int
 	runJobs      int
 	runBytes     int64
+	cacheMax     int64
 }
 
 // Option configures Serve.
@@ -55,6 +56,11 @@ func WithVersion(v string) Option { return func(o *options) { o.version = v } }
 func WithPrefetch(layers, runJobs int, runBytes int64) Option {
 	return func(o *options) { o.prefetchJobs, o.runJobs, o.runBytes = layers, runJobs, runBytes }
 }
+
+// WithCacheLimit bounds the chunk cache under <root>/lazy/chunks to max
+// bytes; 0 (the default) is lazy.DefaultCacheLimit of the root's file
+// system.
+func WithCacheLimit(max int64) Option { return func(o *options) { o.cacheMax = max } }
 
 // server holds the lazy mounts of one agent root.
 type server struct {
@@ -102,7 +108,11 @@ func Serve(ctx context.Context, root string, stores StoreFunc, opts ...Option) e
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		return fmt.Errorf("fused: lock %s: %w", fused.LockPath(root), ErrRunning)
 	}
-	cache, err := lazy.NewCache(filepath.Join(root, "lazy", "chunks"))
+	chunks := filepath.Join(root, "lazy", "chunks")
+	if o.cacheMax <= 0 {
+		o.cacheMax = lazy.DefaultCacheLimit(chunks)
+	}
+	cache, err := lazy.NewCache(chunks, lazy.WithCacheLimit(o.cacheMax))
 	if err != nil {
 		return err
 	}
@@ -254,7 +264,7 @@ func (s *server) mount(m fused.Mount) error {
 		if old.req.Layer == m.Layer && old.req.TOC == m.TOC && isMounted(m.Dir) {
 			return nil
 		}
-		s.unmountServed(old)
+		s.unmountServed(old, false)
 	}
 	toc, err := s.readTOC(m)
 	if err != nil {
@@ -275,10 +285,12 @@ func (s *server) mount(m fused.Mount) error {
 	_ = unix.Unmount(m.Dir, unix.MNT_DETACH)
 	if err := os.MkdirAll(m.Dir, 0o755); err != nil {
 		cancel()
+		sv.layer.Release(false)
 		return fmt.Errorf("mount point of lazy layer %s: %w", m.Layer, err)
 	}
 	if sv.mnt, err = safeMount(ctx, m, sv.layer); err != nil {
 		cancel()
+		sv.layer.Release(false)
 		_ = unix.Rmdir(m.Dir) // never leave an empty directory to be shown
 		return err
 	}
@@ -356,6 +368,8 @@ func (s *server) runPrefetch(ctx context.Context, sv *served) {
 	case err == nil:
 		log.G(ctx).WithField("took", time.Since(start)).WithField("bytes", sv.layer.CachedBytes()).Debug("lazy layer prefetched")
 	case ctx.Err() != nil:
+	case errors.Is(err, lazy.ErrCacheFull):
+		log.G(ctx).WithField("bytes", sv.layer.CachedBytes()).Info("lazy prefetch stopped: the chunk cache is full; files are fetched on demand")
 	default:
 		log.G(ctx).WithError(err).Warn("lazy prefetch failed; files are still fetched on demand")
 	}
@@ -373,7 +387,7 @@ func (s *server) unmount(dir string) error {
 	sv := s.mounts[dir]
 	s.mu.Unlock()
 	if sv != nil {
-		return s.unmountServed(sv)
+		return s.unmountServed(sv, true)
 	}
 	if isMounted(dir) {
 		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
@@ -384,12 +398,15 @@ func (s *server) unmount(dir string) error {
 }
 
 // unmountServed stops sv's prefetch and unmounts it (detached when busy).
-// The caller holds opMu.
-func (s *server) unmountServed(sv *served) error {
+// Its cached chunks no other mount uses are removed with drop (asked to
+// unmount: its snapshot is going), else left first to evict. The caller
+// holds opMu.
+func (s *server) unmountServed(sv *served, drop bool) error {
 	sv.cancel()
 	if err := sv.mnt.Unmount(); err != nil {
 		return err
 	}
+	sv.layer.Release(drop)
 	s.mu.Lock()
 	delete(s.mounts, sv.req.Dir)
 	s.mu.Unlock()
@@ -405,7 +422,7 @@ func (s *server) unmountAll() {
 	}
 	s.mu.Unlock()
 	for _, sv := range all {
-		if err := s.unmountServed(sv); err != nil {
+		if err := s.unmountServed(sv, false); err != nil {
 			log.G(s.ctx).WithError(err).Warn("lazy: unmount")
 		}
 	}
