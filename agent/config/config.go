@@ -220,8 +220,8 @@ func (c *Config) Validate() error {
 	default:
 		bad("[lazy] server %q: want %q or %q", c.Lazy.Server, LazyServerAgent, LazyServerExternal)
 	}
-	if c.Lazy.CacheMaxBytes != 0 && c.Lazy.CacheMaxBytes < 64<<20 {
-		bad("[lazy] cache_max_bytes %d: want at least 64MiB, or 0 for a tenth of root's file system (at most 32GiB)", c.Lazy.CacheMaxBytes)
+	if c.Lazy.CacheMaxBytes != 0 && c.Lazy.CacheMaxBytes < 4<<20 {
+		bad("[lazy] cache_max_bytes %d: want at least 4MiB, or 0 for a tenth of root's file system (at most 32GiB)", c.Lazy.CacheMaxBytes)
 	}
 	// The lazy FUSE server's socket is <root>/fused/fused.sock.
 	if c.Lazy.Enabled && len(c.Root)+len("/fused/fused.sock") >= 108 {

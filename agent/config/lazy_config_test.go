@@ -24,7 +24,7 @@ func TestLazyConfig(t *testing.T) {
 		{"unknown server", "[lazy]\nenabled = true\nserver = \"systemd\"\n" + registry, false, ErrInvalidConfig, 0},
 		{"root too long for the server's socket", "root = \"/" + strings.Repeat("r", 95) + "\"\n[lazy]\nenabled = true\n" + registry, false, ErrInvalidConfig, 0},
 		{"cache limit as a size string", "[lazy]\nenabled = true\ncache_max_bytes = \"2GiB\"\n" + registry, true, nil, 2 << 30},
-		{"cache limit in bytes", "[lazy]\nenabled = true\ncache_max_bytes = 134217728\n" + registry, true, nil, 128 << 20},
+		{"cache limit in bytes", "[lazy]\nenabled = true\ncache_max_bytes = 8388608\n" + registry, true, nil, 8 << 20},
 		{"cache limit too small", "[lazy]\nenabled = true\ncache_max_bytes = \"1MiB\"\n" + registry, false, ErrInvalidConfig, 0},
 		{"cache limit not a size", "[lazy]\nenabled = true\ncache_max_bytes = \"lots\"\n" + registry, false, ErrInvalidConfig, 0},
 	}
