@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -55,6 +56,25 @@ func dropPageCache(t *testing.T, root string) {
 			return nil
 		})
 	}
+}
+
+// usageBytes adds up the Usage of every snapshot in the CRI namespace.
+func usageBytes(t *testing.T, p *pullEnv) int64 {
+	t.Helper()
+	out := p.ctrd.CtrNS(t, testenv.CRINamespace, "snapshots", "--snapshotter", "s3snap", "usage", "-b")
+	var total int64
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[0] == "KEY" || strings.HasPrefix(line, "time=") { // the header, ctr's warnings
+			continue
+		}
+		n, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			t.Fatalf("snapshots usage: %q: %v", line, err)
+		}
+		total += n
+	}
+	return total
 }
 
 // TestAgentLazyCacheLimit: with [lazy] cache_max_bytes a quarter of three
@@ -160,6 +180,11 @@ func testAgentLazyCacheLimit(t *testing.T, version string) {
 	dropPageCache(t, p.agent.Root)
 	p.run(t, images[0].ref, "cache0-again", images[0].files)
 	before := check("image 0 run again")
+	// Usage (what kubelet's image GC adds up) is the bytes each layer has
+	// in the cache; no chunk is shared between these layers.
+	if u := usageBytes(t, p); u != before {
+		t.Errorf("the lazy snapshots' Usage adds up to %d bytes, the cache holds %d", u, before)
+	}
 	if n := p.agent.Metric(t, "s3snap_lazy_cache_evictions_total"); n == 0 {
 		t.Error("no eviction counted")
 	}
