@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"errors"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -146,10 +147,17 @@ func (c *Cache) unreserve(size int64) {
 
 // roomFor reports whether a prefetch of size more bytes fits without
 // evicting a mounted layer's chunk.
-func (c *Cache) roomFor(size int64) bool {
+func (c *Cache) roomFor(size int64) bool { return size <= c.prefetchRoom() }
+
+// prefetchRoom is how many more bytes a prefetch may add: the limit less
+// what mounted layers' chunks (and writes under way) take.
+func (c *Cache) prefetchRoom() int64 {
+	if c.max <= 0 {
+		return math.MaxInt64
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.max <= 0 || c.bytes-c.idleBytes+size <= c.max
+	return c.max - (c.bytes - c.idleBytes)
 }
 
 // acquire records that a mounted layer names digests (each once).

@@ -205,18 +205,22 @@ func (l *Layer) Prefetch(ctx context.Context, jobs int, runBytes int64) error {
 			i++
 			continue
 		}
+		// A run is cut to what the cache can take without evicting a
+		// mounted layer's chunk (runs in flight have reserved nothing
+		// yet: the cache itself refuses what no longer fits).
+		room := l.cache.prefetchRoom()
+		if l.toc.chunkLen(i) > room {
+			g.Go(func() error { return ErrCacheFull })
+			break
+		}
 		first, bytes, raw := i, int64(0), int64(0)
-		for i < len(l.toc.Chunks) && !l.present(i) && (i == first || bytes+l.toc.Chunks[i].Size <= runBytes) {
+		for i < len(l.toc.Chunks) && !l.present(i) && (i == first || bytes+l.toc.Chunks[i].Size <= runBytes && raw+l.toc.chunkLen(i) <= room) {
 			bytes += l.toc.Chunks[i].Size
 			raw += l.toc.chunkLen(i)
 			i++
 		}
 		last := i
 		if gctx.Err() != nil {
-			break
-		}
-		if !l.cache.roomFor(raw) {
-			g.Go(func() error { return ErrCacheFull })
 			break
 		}
 		g.Go(func() error { return l.fetchRun(gctx, first, last, true) })
