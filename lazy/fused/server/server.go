@@ -147,7 +147,10 @@ func Serve(ctx context.Context, root string, stores StoreFunc, opts ...Option) e
 	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(fused.PeerListener(l)) }()
-	log.G(ctx).WithFields(log.Fields{"socket": sock, "version": o.version, "pid": os.Getpid()}).Info("lazy FUSE server ready")
+	log.G(ctx).WithFields(log.Fields{
+		"socket": sock, "version": o.version, "pid": os.Getpid(),
+		"cache_bytes": cache.Bytes(), "cache_limit": cache.Limit(),
+	}).Info("lazy FUSE server ready")
 
 	select {
 	case <-ctx.Done():
