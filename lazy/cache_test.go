@@ -256,3 +256,25 @@ func TestCacheRescan(t *testing.T) {
 	}
 	checkAll(t, l2, b, map[string][]byte{"a": random(51, 6*testChunk)})
 }
+
+// Reads racing a prefetch that stops at the limit (and may share its
+// fetch of a chunk) all succeed, and the limit holds.
+func TestCacheReadsDuringFullPrefetch(t *testing.T) {
+	files := map[string][]byte{"a": random(61, 9*testChunk), "b": random(62, 7*testChunk)}
+	b := build(t, testChunk, reg("a", files["a"]), reg("b", files["b"]))
+	const limit = 4 * testChunk
+	for range 10 {
+		dir := t.TempDir()
+		c := openCache(t, dir, limit)
+		l := mountOn(c, b)
+		done := make(chan error, 1)
+		go func() { done <- l.Prefetch(context.Background(), 3, testChunk) }()
+		checkAll(t, l, b, files)
+		if err := <-done; err != nil && !errors.Is(err, ErrCacheFull) {
+			t.Fatalf("prefetch: %v", err)
+		}
+		if got := diskBytes(t, dir); got > limit {
+			t.Fatalf("the cache holds %d bytes, limit %d", got, limit)
+		}
+	}
+}
