@@ -57,7 +57,8 @@ func RunFused(ctx context.Context, cfg config.Config, version string) error {
 	if err != nil {
 		return err
 	}
-	return fusedserver.Serve(ctx, cfg.Root, storesOf(stores), fusedserver.WithVersion(version))
+	return fusedserver.Serve(ctx, cfg.Root, storesOf(stores), fusedserver.WithVersion(version),
+		fusedserver.WithCacheLimit(int64(cfg.Lazy.CacheMaxBytes)))
 }
 
 func storesOf(stores map[string][]storeEntry) func(host string) []*store.Store {

@@ -2,11 +2,13 @@ package lazy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -25,34 +27,53 @@ type Layer struct {
 	srcMu sync.Mutex
 	src   io.ReaderAt // nil until an open succeeds
 
-	present []atomic.Bool // chunk i is in the cache
-	cached  atomic.Int64  // uncompressed bytes of present chunks
+	digests     []digest.Digest // its chunks', each once
+	releaseOnce sync.Once
 
 	bad atomic.Pointer[error] // why the layer failed verification: every read fails
 }
 
-// NewLayer reads toc's layer through cache, fetching with open.
+// NewLayer reads toc's layer through cache, fetching with open. The
+// layer's chunks count as a mounted layer's for eviction until Release.
 func NewLayer(toc *TOC, cache *Cache, open OpenFunc) *Layer {
-	l := &Layer{toc: toc, cache: cache, open: open, present: make([]atomic.Bool, len(toc.Chunks))}
-	for i, c := range toc.Chunks {
-		if cache.has(c.Digest) {
-			l.markPresent(i)
+	l := &Layer{toc: toc, cache: cache, open: open}
+	seen := make(map[digest.Digest]bool, len(toc.Chunks))
+	for _, c := range toc.Chunks {
+		if !seen[c.Digest] {
+			seen[c.Digest] = true
+			l.digests = append(l.digests, c.Digest)
 		}
 	}
+	cache.acquire(l.digests)
 	return l
+}
+
+// Release says the layer is no longer mounted: its chunks no other
+// mounted layer names are removed with drop (its snapshot is gone), else
+// evicted first. Only the first call counts.
+func (l *Layer) Release(drop bool) {
+	l.releaseOnce.Do(func() { l.cache.release(l.digests, drop) })
 }
 
 // TOC is the layer's table of contents.
 func (l *Layer) TOC() *TOC { return l.toc }
 
-// CachedBytes is how much of the layer's content is on local disk.
-func (l *Layer) CachedBytes() int64 { return l.cached.Load() }
-
-func (l *Layer) markPresent(i int) {
-	if !l.present[i].Swap(true) {
-		l.cached.Add(l.toc.chunkLen(i))
+// CachedBytes is how much of the layer's content is on local disk now:
+// the sizes of its distinct chunks the cache holds.
+func (l *Layer) CachedBytes() int64 {
+	l.cache.mu.Lock()
+	defer l.cache.mu.Unlock()
+	var n int64
+	for _, d := range l.digests {
+		if e := l.cache.lookup(d); e != nil {
+			n += e.size
+		}
 	}
+	return n
 }
+
+// present reports whether chunk i is cached.
+func (l *Layer) present(i int) bool { return l.cache.has(l.toc.Chunks[i].Digest) }
 
 // source opens the data object at the first miss. A failed open (S3 down
 // for a moment, the store's breaker open) is not kept: the next miss tries
@@ -151,27 +172,29 @@ func (l *Layer) readChunk(i int, p []byte, within, fileEnd int64) error {
 	if _, ok, err := l.cache.readAt(c.Digest, size, p, within); err != nil {
 		return err
 	} else if ok {
-		l.markPresent(i)
 		return nil
 	}
 	// Fetch this chunk with the file's next missing ones in one read; if
 	// that fails, the chunk alone below reports the error.
 	last := i + 1
-	for bytes := c.Size; last < len(l.toc.Chunks) && int64(last)*l.toc.ChunkSize < fileEnd && !l.present[last].Load(); last++ {
+	for bytes := c.Size; last < len(l.toc.Chunks) && int64(last)*l.toc.ChunkSize < fileEnd && !l.present(last); last++ {
 		if bytes += l.toc.Chunks[last].Size; bytes > readaheadBytes {
 			break
 		}
 	}
-	if last > i+1 && l.fetchRun(context.Background(), i, last) == nil {
+	if last > i+1 && l.fetchRun(context.Background(), i, last, false) == nil {
 		if _, ok, err := l.cache.readAt(c.Digest, size, p, within); err == nil && ok {
 			return nil
 		}
 	}
-	data, err := l.cache.get(c.Digest, size, func() ([]byte, error) { return l.frame(i) })
+	fetch := func() ([]byte, error) { return l.frame(i) }
+	data, err := l.cache.get(c.Digest, size, false, fetch)
+	if errors.Is(err, ErrCacheFull) { // joined a prefetch that stopped
+		data, err = l.cache.get(c.Digest, size, false, fetch)
+	}
 	if err != nil {
 		return err
 	}
-	l.markPresent(i)
 	copy(p, data[within:])
 	return nil
 }
@@ -179,26 +202,38 @@ func (l *Layer) readChunk(i int, p []byte, within, fileEnd int64) error {
 // Prefetch fetches every chunk not yet cached, in order, in runs of
 // consecutive chunks of up to runBytes compressed (one ranged read each,
 // which the fetcher splits into parallel GETs), jobs runs at once. It stops
-// at the first error or when ctx is cancelled.
+// at the first error or when ctx is cancelled, and with ErrCacheFull when
+// the cache's limit leaves no room without evicting a mounted layer's
+// chunks: a layer larger than the cache is then read on demand, whose
+// reads evict the least recently used chunks instead.
 func (l *Layer) Prefetch(ctx context.Context, jobs int, runBytes int64) error {
 	runBytes = min(runBytes, maxRunBytes)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(jobs, 1))
 	for i := 0; i < len(l.toc.Chunks); {
-		if l.present[i].Load() {
+		if l.present(i) {
 			i++
 			continue
 		}
-		first, bytes := i, int64(0)
-		for i < len(l.toc.Chunks) && !l.present[i].Load() && (i == first || bytes+l.toc.Chunks[i].Size <= runBytes) {
+		// A run is cut to what the cache can take without evicting a
+		// mounted layer's chunk (runs in flight have reserved nothing
+		// yet: the cache itself refuses what no longer fits).
+		room := l.cache.prefetchRoom()
+		if l.toc.chunkLen(i) > room {
+			g.Go(func() error { return ErrCacheFull })
+			break
+		}
+		first, bytes, raw := i, int64(0), int64(0)
+		for i < len(l.toc.Chunks) && !l.present(i) && (i == first || bytes+l.toc.Chunks[i].Size <= runBytes && raw+l.toc.chunkLen(i) <= room) {
 			bytes += l.toc.Chunks[i].Size
+			raw += l.toc.chunkLen(i)
 			i++
 		}
 		last := i
 		if gctx.Err() != nil {
 			break
 		}
-		g.Go(func() error { return l.fetchRun(gctx, first, last) })
+		g.Go(func() error { return l.fetchRun(gctx, first, last, true) })
 	}
 	if err := g.Wait(); err != nil {
 		return err
@@ -206,8 +241,9 @@ func (l *Layer) Prefetch(ctx context.Context, jobs int, runBytes int64) error {
 	return ctx.Err()
 }
 
-// fetchRun reads chunks [first, last) in one ranged read and caches them.
-func (l *Layer) fetchRun(ctx context.Context, first, last int) error {
+// fetchRun reads chunks [first, last) in one ranged read and caches them
+// (for a prefetch, without evicting a mounted layer's chunk).
+func (l *Layer) fetchRun(ctx context.Context, first, last int, prefetch bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -234,10 +270,9 @@ func (l *Layer) fetchRun(ctx context.Context, first, last int) error {
 	for i := first; i < last; i++ {
 		c := l.toc.Chunks[i]
 		frame := buf[c.Offset-start : c.Offset-start+c.Size]
-		if _, err := l.cache.get(c.Digest, l.toc.chunkLen(i), func() ([]byte, error) { return frame, nil }); err != nil {
+		if _, err := l.cache.get(c.Digest, l.toc.chunkLen(i), prefetch, func() ([]byte, error) { return frame, nil }); err != nil {
 			return err
 		}
-		l.markPresent(i)
 	}
 	return nil
 }

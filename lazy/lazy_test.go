@@ -350,7 +350,7 @@ func TestCorruptChunk(t *testing.T) {
 			if got, err := readFile(l, find(t, root, "a")); !errors.Is(err, ErrCorruptChunk) {
 				t.Fatalf("read a: %d bytes, err %v; want ErrCorruptChunk", len(got), err)
 			}
-			if l.cache.has(c.Digest) || l.present[1].Load() {
+			if l.cache.has(c.Digest) || l.present(1) {
 				t.Error("the corrupt chunk was cached")
 			}
 			if got, err := readFile(l, find(t, root, "b")); err != nil || !bytes.Equal(got, b) {

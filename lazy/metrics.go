@@ -26,4 +26,12 @@ var (
 		Namespace: "s3snap", Subsystem: "lazy", Name: "verify_failures_total",
 		Help: "Lazy layers whose index did not rebuild the image's layer: marked bad, every read fails with EIO.",
 	})
+	cacheBytes = promauto.NewGauge(prometheus.GaugeOpts{
+		Namespace: "s3snap", Subsystem: "lazy", Name: "cache_bytes",
+		Help: "Bytes of verified lazy chunks on local disk (the chunk cache).",
+	})
+	cacheEvictions = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "s3snap", Subsystem: "lazy", Name: "cache_evictions_total",
+		Help: "Lazy chunks evicted from the chunk cache to keep it within its limit.",
+	})
 )

@@ -51,7 +51,15 @@ func (s streamReaderAt) ReadAt(p []byte, off int64) (int, error) {
 // ErrUnverifiable, counted in s3snap_lazy_unverified_layers_total. Any
 // other error (S3 unreachable, ctx cancelled) leaves the layer as it was.
 func (l *Layer) Verify(ctx context.Context, diffID digest.Digest) error {
-	err := l.toc.Verify(ctx, l.Stream(), diffID)
+	return l.VerifyStream(ctx, l.Stream(), diffID)
+}
+
+// VerifyStream is Verify over the layer's uncompressed data stream read
+// from stream instead of through the cache: for a layer the chunk cache
+// cannot hold whole, whose data object is then streamed once
+// (TOC.ParallelStream) rather than evict what mounted layers read.
+func (l *Layer) VerifyStream(ctx context.Context, stream io.Reader, diffID digest.Digest) error {
+	err := l.toc.Verify(ctx, stream, diffID)
 	switch {
 	case err == nil:
 		layersVerified.Inc()

@@ -112,6 +112,8 @@ type lazyProvider struct {
 	cacheOnce sync.Once
 	cache     *lazy.Cache
 	cacheErr  error
+
+	tocs tocKeeper // local TOC copies (lazy_toc.go)
 }
 
 // hasLazyMounts reports whether an earlier run left lazy mounts to restore:
@@ -134,11 +136,13 @@ func newLazyProvider(ctx context.Context, sn snapshots.Snapshotter, stores Store
 	if o.mounter == nil {
 		return nil, errors.New("lazy mounts need a lazy FUSE server (WithLazyMounter)")
 	}
-	return &lazyProvider{
+	l := &lazyProvider{
 		ctx: ctx, sn: sn, stores: stores, dir: dir, fs: o.mounter, verifyBeforeStart: o.verifyBeforeStart,
 		mounts: map[string]lazyRecord{}, pending: map[string]chan struct{}{},
 		unavailable: map[string]unmounted{},
-	}, nil
+	}
+	l.sweepTOCs()
+	return l, nil
 }
 
 // claim waits until no other Prepare is providing chainID, then marks it
@@ -238,6 +242,7 @@ func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string
 		return err
 	}
 	tocDigest := digest.FromBytes(raw)
+	defer l.holdTOC(tocDigest)()
 	if err := atomicfile.Write(l.tocPath(tocDigest), raw, 0o600); err != nil {
 		return fmt.Errorf("keep toc of %s: %w", r.layer, err)
 	}

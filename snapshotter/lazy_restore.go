@@ -340,10 +340,14 @@ func (l *lazyProvider) readRecord(file string) (lazyRecord, error) {
 	return rec, nil
 }
 
+// removeRecord removes snapshot name's record, and the local TOC copy it
+// named if no other record does.
 func (l *lazyProvider) removeRecord(name string) {
+	toc := l.recordTOC(name)
 	if err := os.Remove(l.recordPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.G(l.ctx).WithError(err).Warn("lazy: remove mount record")
 	}
+	l.releaseTOC(toc)
 }
 
 // retake gives a Prepare of chainID a second chance when that snapshot

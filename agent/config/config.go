@@ -70,6 +70,11 @@ type LazyConfig struct {
 	// the layer unpacked instead. Off, the check runs once the background
 	// prefetch has the layer, and a mismatch makes its reads fail (EIO).
 	VerifyBeforeStart bool `toml:"verify_before_start"`
+	// CacheMaxBytes bounds the verified chunk cache (<root>/lazy/chunks)
+	// the lazy FUSE server keeps; 0 is a tenth of root's file system (at
+	// most 32GiB). Chunks of layers no longer mounted are evicted first,
+	// then the least recently read; a chunk read again is fetched again.
+	CacheMaxBytes Size `toml:"cache_max_bytes"`
 }
 
 // Lazy FUSE server modes (LazyConfig.Server).
@@ -221,6 +226,9 @@ func (c *Config) Validate() error {
 	case "", LazyServerAgent, LazyServerExternal:
 	default:
 		bad("[lazy] server %q: want %q or %q", c.Lazy.Server, LazyServerAgent, LazyServerExternal)
+	}
+	if c.Lazy.CacheMaxBytes != 0 && c.Lazy.CacheMaxBytes < 4<<20 {
+		bad("[lazy] cache_max_bytes %d: want at least 4MiB, or 0 for a tenth of root's file system (at most 32GiB)", c.Lazy.CacheMaxBytes)
 	}
 	// The lazy FUSE server's socket is <root>/fused/fused.sock.
 	if c.Lazy.Enabled && len(c.Root)+len("/fused/fused.sock") >= 108 {

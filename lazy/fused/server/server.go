@@ -41,6 +41,7 @@ type options struct {
 	prefetchJobs int
 	runJobs      int
 	runBytes     int64
+	cacheMax     int64
 }
 
 // Option configures Serve.
@@ -55,6 +56,11 @@ func WithVersion(v string) Option { return func(o *options) { o.version = v } }
 func WithPrefetch(layers, runJobs int, runBytes int64) Option {
 	return func(o *options) { o.prefetchJobs, o.runJobs, o.runBytes = layers, runJobs, runBytes }
 }
+
+// WithCacheLimit bounds the chunk cache under <root>/lazy/chunks to max
+// bytes; 0 (the default) is lazy.DefaultCacheLimit of the root's file
+// system.
+func WithCacheLimit(max int64) Option { return func(o *options) { o.cacheMax = max } }
 
 // server holds the lazy mounts of one agent root.
 type server struct {
@@ -106,7 +112,11 @@ func Serve(ctx context.Context, root string, stores StoreFunc, opts ...Option) e
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		return fmt.Errorf("fused: lock %s: %w", fused.LockPath(root), ErrRunning)
 	}
-	cache, err := lazy.NewCache(filepath.Join(root, "lazy", "chunks"))
+	chunks := filepath.Join(root, "lazy", "chunks")
+	if o.cacheMax <= 0 {
+		o.cacheMax = lazy.DefaultCacheLimit(chunks)
+	}
+	cache, err := lazy.NewCache(chunks, lazy.WithCacheLimit(o.cacheMax))
 	if err != nil {
 		return err
 	}
@@ -142,7 +152,10 @@ func Serve(ctx context.Context, root string, stores StoreFunc, opts ...Option) e
 	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(fused.PeerListener(l)) }()
-	log.G(ctx).WithFields(log.Fields{"socket": sock, "version": o.version, "pid": os.Getpid()}).Info("lazy FUSE server ready")
+	log.G(ctx).WithFields(log.Fields{
+		"socket": sock, "version": o.version, "pid": os.Getpid(),
+		"cache_bytes": cache.Bytes(), "cache_limit": cache.Limit(),
+	}).Info("lazy FUSE server ready")
 
 	select {
 	case <-ctx.Done():
@@ -259,7 +272,7 @@ func (s *server) mount(m fused.Mount) error {
 		if old.req.Layer == m.Layer && old.req.TOC == m.TOC && isMounted(m.Dir) {
 			return nil
 		}
-		s.unmountServed(old)
+		s.unmountServed(old, false)
 	}
 	toc, err := s.readTOC(m)
 	if err != nil {
@@ -285,10 +298,12 @@ func (s *server) mount(m fused.Mount) error {
 	_ = unix.Unmount(m.Dir, unix.MNT_DETACH)
 	if err := os.MkdirAll(m.Dir, 0o755); err != nil {
 		cancel()
+		sv.layer.Release(false)
 		return fmt.Errorf("mount point of lazy layer %s: %w", m.Layer, err)
 	}
 	if sv.mnt, err = safeMount(ctx, m, sv.layer); err != nil {
 		cancel()
+		sv.layer.Release(false)
 		_ = unix.Rmdir(m.Dir) // never leave an empty directory to be shown
 		return err
 	}
@@ -371,6 +386,11 @@ func (s *server) runPrefetch(ctx context.Context, sv *served) {
 		log.G(ctx).WithField("took", time.Since(start)).WithField("bytes", sv.layer.CachedBytes()).Debug("lazy layer prefetched")
 		s.verify(ctx, sv)
 	case ctx.Err() != nil:
+	case errors.Is(err, lazy.ErrCacheFull):
+		log.G(ctx).WithField("bytes", sv.layer.CachedBytes()).Info("lazy prefetch stopped: the chunk cache is full; files are fetched on demand")
+		// Verified all the same: from the data object streamed once,
+		// outside the cache.
+		s.verifyStreamed(ctx, sv)
 	default:
 		log.G(ctx).WithError(err).Warn("lazy prefetch failed; files are still fetched on demand")
 	}
@@ -388,7 +408,7 @@ func (s *server) unmount(dir string) error {
 	sv := s.mounts[dir]
 	s.mu.Unlock()
 	if sv != nil {
-		return s.unmountServed(sv)
+		return s.unmountServed(sv, true)
 	}
 	if isMounted(dir) {
 		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
@@ -399,12 +419,15 @@ func (s *server) unmount(dir string) error {
 }
 
 // unmountServed stops sv's prefetch and unmounts it (detached when busy).
-// The caller holds opMu.
-func (s *server) unmountServed(sv *served) error {
+// Its cached chunks no other mount uses are removed with drop (asked to
+// unmount: its snapshot is going), else left first to evict. The caller
+// holds opMu.
+func (s *server) unmountServed(sv *served, drop bool) error {
 	sv.cancel()
 	if err := sv.mnt.Unmount(); err != nil {
 		return err
 	}
+	sv.layer.Release(drop)
 	s.mu.Lock()
 	delete(s.mounts, sv.req.Dir)
 	s.mu.Unlock()
@@ -420,7 +443,7 @@ func (s *server) unmountAll() {
 	}
 	s.mu.Unlock()
 	for _, sv := range all {
-		if err := s.unmountServed(sv); err != nil {
+		if err := s.unmountServed(sv, false); err != nil {
 			log.G(s.ctx).WithError(err).Warn("lazy: unmount")
 		}
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
 
 	"github.com/containerd/log"
 
@@ -16,6 +17,30 @@ import (
 // the agent's /metrics too) and reported by List, so the agent never
 // mounts that index again. A TOC is verified once per server.
 func (s *server) verify(ctx context.Context, sv *served) {
+	s.verifyFrom(ctx, sv, nil)
+}
+
+// verifyStreamed is verify for a layer the chunk cache cannot hold whole:
+// its data object is read once, in parallel ranged reads, and not cached.
+func (s *server) verifyStreamed(ctx context.Context, sv *served) {
+	st := s.store(sv.req)
+	if st == nil {
+		return // not mapped any more: only the cache can be read
+	}
+	toc := sv.layer.TOC()
+	ra, err := st.ExtraReaderAt(ctx, toc.Key("data"), toc.DataSize)
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("layer", sv.req.Layer).Warn("lazy layer could not be verified")
+		return
+	}
+	stream := toc.ParallelStream(ctx, ra, 2)
+	defer stream.Close()
+	s.verifyFrom(ctx, sv, stream)
+}
+
+// verifyFrom is verify reading the layer's data stream from stream, or
+// through the cache if stream is nil.
+func (s *server) verifyFrom(ctx context.Context, sv *served, stream io.Reader) {
 	s.mu.Lock()
 	done := sv.req.Verified || s.verified[sv.req.TOC] || s.bad[sv.req.TOC] != nil
 	s.mu.Unlock()
@@ -26,7 +51,12 @@ func (s *server) verify(ctx context.Context, sv *served) {
 	if diffID == "" {
 		diffID = sv.layer.TOC().DiffID // readTOC checked they agree when both are set
 	}
-	err := sv.layer.Verify(ctx, diffID)
+	var err error
+	if stream != nil {
+		err = sv.layer.VerifyStream(ctx, stream, diffID)
+	} else {
+		err = sv.layer.Verify(ctx, diffID)
+	}
 	fields := log.Fields{"layer": sv.req.Layer, "snapshot": sv.req.Name, "registry": sv.req.Host, "store": sv.req.Store}
 	switch {
 	case err == nil:
