@@ -191,6 +191,15 @@ func testAgentLazyCacheLimit(t *testing.T, version string) {
 	if n := p.agent.Metric(t, "s3snap_lazy_read_errors_total"); n != 0 {
 		t.Errorf("%v lazy read errors", n)
 	}
+	// Every layer is verified, those the cache could not hold whole from
+	// their data object streamed once.
+	layers := map[digest.Digest]bool{}
+	for _, im := range images {
+		for _, l := range im.im.Layers {
+			layers[digest.FromBytes(l)] = true
+		}
+	}
+	waitMetric(t, p.agent, "s3snap_lazy_verified_layers_total", float64(len(layers)))
 
 	// Which local TOC copies belong to layers only image 0 has.
 	layerUsers := map[digest.Digest]int{}
