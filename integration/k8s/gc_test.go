@@ -177,7 +177,7 @@ func TestK8sImageGC(t *testing.T) {
 	c.kubectl(t, "-n", ns, "delete", "deployment", "gc-eager", "gc-lazy", "--wait=true")
 	mountsBefore := c.fuseMounts(t)
 	c.checkAccounting(t, "2 of them unused", fuseTree, true)
-	diskBefore := c.onDisk(t, false)
+	diskBefore := c.onDisk(t, true)
 
 	// Disk pressure: imagefs.available just above the free space now.
 	free := c.freePercent(t)
@@ -223,15 +223,16 @@ func TestK8sImageGC(t *testing.T) {
 	if n := c.fuseMounts(t); n != 0 {
 		t.Errorf("%d lazy (FUSE) mounts left after the lazy image was removed, want 0 (%d before)", n, mountsBefore)
 	}
-	// No lazy layer is mounted now: the chunk cache is what removed lazy
-	// layers left. KNOWN GAP: the agent keeps a removed lazy layer's
-	// chunks (snapshotter/lazy.go's remove leaves lazy.Cache alone, which
-	// has no eviction), unreported to kubelet and never reclaimed; here
-	// the rest of the disk is checked, and the leftover logged.
-	_, diskAfter := c.checkAccounting(t, "after image GC (lazy chunk cache left out)", 0, false)
-	leftover := c.onDisk(t, true) - diskAfter
-	t.Logf("image GC under disk pressure (imagefs.available %d%%, %.1f%% free): unused images removed %.1fs after kubelet's restart; agent disk (without the chunk cache) %.1f → %.1f MiB; %d FUSE mounts → %d; lazy chunk cache left behind: %.1f MiB",
+	// No lazy layer is mounted now: removing a lazy snapshot deletes the
+	// chunks no other mount uses, so the chunk cache is empty again and
+	// what kubelet sees matches the disk, chunk cache included.
+	_, diskAfter := c.checkAccounting(t, "after image GC", 0, true)
+	leftover := diskAfter - c.onDisk(t, false)
+	t.Logf("image GC under disk pressure (imagefs.available %d%%, %.1f%% free): unused images removed %.1fs after kubelet's restart; agent disk %.1f → %.1f MiB; %d FUSE mounts → %d; lazy chunk cache left: %.2f MiB",
 		threshold, free, took.Seconds(), mib(diskBefore), mib(diskAfter), mountsBefore, c.fuseMounts(t), mib(leftover))
+	if leftover > 64<<10 {
+		t.Errorf("%.1f MiB of lazy chunks left after the lazy image was removed, want the cache empty", mib(leftover))
+	}
 	if diskAfter >= diskBefore || diskBefore-diskAfter < uint64(layers*size)*9/10 {
 		t.Errorf("agent disk %d → %d bytes: want at least %d reclaimed (the unused eager image)", diskBefore, diskAfter, layers*size*9/10)
 	}
