@@ -17,7 +17,6 @@ import (
 	"github.com/s3snap/s3snap/internal/atomicfile"
 	"github.com/s3snap/s3snap/lazy"
 	"github.com/s3snap/s3snap/lazy/fused"
-	"github.com/s3snap/s3snap/store"
 )
 
 // Lazy mode: a layer whose lazy index is in the bucket is not unpacked.
@@ -89,6 +88,7 @@ type lazyProvider struct {
 	stores StoreFunc
 	dir    string // <root>/lazy
 	fs     Mounter
+	tocs   tocs // fetched ahead of their Prepare (lazy_tocs.go)
 
 	mu      sync.Mutex
 	mounts  map[string]lazyRecord    // mounted, by snapshot name
@@ -196,19 +196,9 @@ func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string
 	if len(stores) == 0 {
 		return fmt.Errorf("registry %s: %w", r.host, errNotMirrored)
 	}
-	var (
-		toc *lazy.TOC
-		raw []byte
-		st  *store.Store
-	)
-	err = fmt.Errorf("layer %s: %w", r.layer, lazy.ErrNoIndex)
-	for _, cand := range stores {
-		if toc, raw, err = lazy.FetchTOC(ctx, cand, r.layer); err == nil {
-			st = cand
-			break
-		}
-	}
-	if st == nil {
+	l.tocs.warm(l.ctx, stores, r.layers) // the image's other layers, in parallel
+	toc, raw, st, err := l.tocs.get(ctx, stores, r.layer)
+	if err != nil {
 		return err
 	}
 	if err := checkChain(parent, toc.DiffID, r.chainID); err != nil {

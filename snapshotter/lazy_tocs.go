@@ -1,0 +1,131 @@
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/s3snap/s3snap/lazy"
+	"github.com/s3snap/s3snap/store"
+)
+
+// TOCs of an image's layers are fetched all at once, in parallel, at the
+// image's first lazy Prepare: containerd prepares the layers one after
+// another, each waiting for its parent, so fetching each TOC at its own
+// Prepare would put one round trip per layer (GET and HEAD) in series.
+// They are kept briefly in memory, by layer digest, for those Prepares.
+
+const (
+	tocJobs = 8 // TOC fetches at once
+	// tocTTL is how long a fetched TOC waits for its Prepare: long enough
+	// for one pull's Prepares, short enough that a later pull sees an
+	// index replaced in the bucket meanwhile.
+	tocTTL = 15 * time.Second
+)
+
+// tocs is the per-process cache of TOCs fetched ahead of their Prepare.
+type tocs struct {
+	mu sync.Mutex
+	m  map[digest.Digest]*tocEntry
+}
+
+type tocEntry struct {
+	done chan struct{} // closed once the fields below are set
+	at   time.Time
+	toc  *lazy.TOC
+	raw  []byte
+	st   *store.Store
+	err  error
+}
+
+// stale reports whether e was fetched too long ago to be used.
+func (e *tocEntry) stale(now time.Time) bool {
+	select {
+	case <-e.done:
+		return now.Sub(e.at) > tocTTL
+	default:
+		return false
+	}
+}
+
+// fetchTOC fetches layer's TOC from the first of stores that has a sound
+// one; an error wrapping lazy.ErrNoIndex means none has.
+func fetchTOC(ctx context.Context, stores []*store.Store, layer digest.Digest) (*lazy.TOC, []byte, *store.Store, error) {
+	err := fmt.Errorf("layer %s: %w", layer, lazy.ErrNoIndex)
+	for _, st := range stores {
+		var toc *lazy.TOC
+		var raw []byte
+		if toc, raw, err = lazy.FetchTOC(ctx, st, layer); err == nil {
+			return toc, raw, st, nil
+		}
+	}
+	return nil, nil, nil, err // the last store's answer, as it decides
+}
+
+// warm starts fetching the TOCs of layers not fetched yet, in the
+// background (ctx: the snapshotter's lifetime).
+func (t *tocs) warm(ctx context.Context, stores []*store.Store, layers []digest.Digest) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = map[digest.Digest]*tocEntry{}
+	}
+	now := time.Now()
+	for d, e := range t.m { // bounded: drop what no Prepare came for
+		if e.stale(now) {
+			delete(t.m, d)
+		}
+	}
+	var todo []*tocEntry
+	var digests []digest.Digest
+	for _, d := range layers {
+		if _, ok := t.m[d]; ok {
+			continue
+		}
+		e := &tocEntry{done: make(chan struct{})}
+		t.m[d] = e
+		todo, digests = append(todo, e), append(digests, d)
+	}
+	if len(todo) == 0 {
+		return
+	}
+	sem := make(chan struct{}, tocJobs)
+	for k, e := range todo {
+		go func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			e.toc, e.raw, e.st, e.err = fetchTOC(ctx, stores, digests[k])
+			e.at = time.Now()
+			close(e.done)
+		}()
+	}
+}
+
+// get returns layer's TOC: the one warm fetched if there is one (waiting
+// for it), else fetched now. A failed early fetch is tried again, unless
+// it found no index at all.
+func (t *tocs) get(ctx context.Context, stores []*store.Store, layer digest.Digest) (*lazy.TOC, []byte, *store.Store, error) {
+	t.mu.Lock()
+	e := t.m[layer]
+	t.mu.Unlock()
+	if e != nil {
+		select {
+		case <-e.done:
+		case <-ctx.Done():
+			return nil, nil, nil, ctx.Err()
+		}
+		t.mu.Lock()
+		if t.m[layer] == e {
+			delete(t.m, layer) // used: a later pull fetches afresh
+		}
+		t.mu.Unlock()
+		if !e.stale(time.Now()) && (e.err == nil || errors.Is(e.err, lazy.ErrNoIndex)) {
+			return e.toc, e.raw, e.st, e.err
+		}
+	}
+	return fetchTOC(ctx, stores, layer)
+}
