@@ -55,6 +55,10 @@ func Mount(ctx context.Context, dir string, l *lazy.Layer, opts ...lazy.TreeOpti
 			// limit): a chunk per request rather than an eighth.
 			MaxWrite:     1 << 20,
 			MaxReadAhead: 1 << 20,
+			// Reads answer from memory, never from a file descriptor:
+			// go-fuse's splice attempt only fails (a 1 MiB answer does
+			// not fit the default pipe) and logs each time.
+			DisableSplice: true,
 		},
 		EntryTimeout:    &forever,
 		AttrTimeout:     &forever,
