@@ -20,7 +20,7 @@ import (
 // They are kept briefly in memory, by layer digest, for those Prepares.
 
 const (
-	tocJobs = 8 // TOC fetches at once
+	tocJobs = 3 // TOC fetches at once
 	// tocTTL is how long a fetched TOC waits for its Prepare: long enough
 	// for one pull's Prepares, short enough that a later pull sees an
 	// index replaced in the bucket meanwhile.
@@ -93,16 +93,20 @@ func (t *tocs) warm(ctx context.Context, stores []*store.Store, layers []digest.
 	if len(todo) == 0 {
 		return
 	}
-	sem := make(chan struct{}, tocJobs)
-	for k, e := range todo {
-		go func() {
+	// In the image's order (its Prepares' order), a few at a time, so the
+	// next Prepare's TOC is not slowed by all the others.
+	go func() {
+		sem := make(chan struct{}, tocJobs)
+		for k, e := range todo {
 			sem <- struct{}{}
-			defer func() { <-sem }()
-			e.toc, e.raw, e.st, e.err = fetchTOC(ctx, stores, digests[k])
-			e.at = time.Now()
-			close(e.done)
-		}()
-	}
+			go func() {
+				defer func() { <-sem }()
+				e.toc, e.raw, e.st, e.err = fetchTOC(ctx, stores, digests[k])
+				e.at = time.Now()
+				close(e.done)
+			}()
+		}
+	}()
 }
 
 // get returns layer's TOC: the one warm fetched if there is one (waiting
