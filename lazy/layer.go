@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 )
@@ -39,6 +40,7 @@ type Layer struct {
 
 // NewLayer reads toc's layer through cache, fetching with open.
 func NewLayer(toc *TOC, cache *Cache, open OpenFunc) *Layer {
+	opened.Store(time.Now().UnixNano())
 	l := &Layer{toc: toc, cache: cache, open: open, present: make([]atomic.Bool, len(toc.Chunks))}
 	for i, c := range toc.Chunks {
 		if cache.has(c.Digest) {

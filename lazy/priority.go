@@ -3,6 +3,8 @@ package lazy
 import (
 	"context"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // gate gives reads a container waits on priority over background
@@ -19,6 +21,15 @@ type gate struct {
 
 // demand is the process's priority gate.
 var demand gate
+
+// opened is when a layer was last opened (NewLayer: a mount), in Unix
+// nanoseconds. Prefetch also waits until mountQuiet has passed since: an
+// image being pulled mounts its layers one after another, and the pull
+// (and the container's first reads after it) need the cores more than
+// prefetch does.
+var opened atomic.Int64
+
+const mountQuiet = 500 * time.Millisecond
 
 // enter marks an on-demand fetch running until the returned func is called.
 func (g *gate) enter() (leave func()) {
@@ -41,14 +52,26 @@ func (g *gate) enter() (leave func()) {
 	}
 }
 
-// yield waits (background work only) until no on-demand fetch is running.
+// yield waits (background work only) until no on-demand fetch is
+// running and no layer was opened for mountQuiet.
 func (g *gate) yield(ctx context.Context) error {
 	for {
 		g.mu.Lock()
 		ch := g.clear
 		g.mu.Unlock()
 		if ch == nil {
-			return ctx.Err()
+			quiet := time.Until(time.Unix(0, opened.Load()).Add(mountQuiet))
+			if quiet <= 0 {
+				return ctx.Err()
+			}
+			t := time.NewTimer(quiet)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			}
+			continue
 		}
 		select {
 		case <-ch:
