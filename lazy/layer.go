@@ -116,7 +116,9 @@ const readaheadBytes = 8 << 20
 // Sequential reads of a file get deep readahead instead: the reader waits
 // only for a short first run (seqFirstBytes), while up to seqRuns runs of
 // readaheadBytes each are fetched and decoded in parallel ahead of it,
-// within seqWindow compressed bytes of where it reads.
+// within seqWindow bytes (compressed and uncompressed) of where it reads:
+// well within recentBytes, so what is decoded ahead is still in memory
+// when the reader gets there.
 const (
 	seqFirstBytes = 2 << 20
 	seqRuns       = 4
@@ -209,7 +211,9 @@ func (l *Layer) claim(first int, limit, fileEnd int64, force bool) (last int, do
 		if _, busy := l.inflight[last]; busy {
 			break
 		}
-		if bytes += l.toc.Chunks[last].Size; bytes > limit && last > first {
+		// Bounded compressed (the buffer) and uncompressed (the decode a
+		// reader waits for, and what recent holds).
+		if bytes += l.toc.Chunks[last].Size; (bytes > limit || int64(last-first)*l.toc.ChunkSize >= limit) && last > first {
 			break
 		}
 		last++
@@ -233,7 +237,7 @@ func (l *Layer) claim(first int, limit, fileEnd int64, force bool) (last int, do
 // in runs of readaheadBytes, at most seqRuns runs of the layer at once.
 func (l *Layer) readahead(from int, fileEnd int64) {
 	var bytes int64
-	for i := from; i < len(l.toc.Chunks) && int64(i)*l.toc.ChunkSize < fileEnd && bytes < seqWindow; i++ {
+	for i := from; i < len(l.toc.Chunks) && int64(i)*l.toc.ChunkSize < fileEnd && bytes < seqWindow && int64(i-from)*l.toc.ChunkSize < seqWindow; i++ {
 		bytes += l.toc.Chunks[i].Size
 		if l.present[i].Load() || l.fetching(i) != nil {
 			continue
