@@ -196,8 +196,8 @@ func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string
 	if len(stores) == 0 {
 		return fmt.Errorf("registry %s: %w", r.host, errNotMirrored)
 	}
-	l.tocs.warm(l.ctx, stores, r.layers) // the image's other layers, in parallel
-	toc, raw, st, err := l.tocs.get(ctx, stores, r.layer)
+	l.tocs.warm(l.ctx, r.host, stores, r.layers) // the image's other layers, in parallel
+	toc, raw, st, err := l.tocs.get(ctx, r.host, stores, r.layer)
 	if err != nil {
 		return err
 	}

@@ -30,7 +30,14 @@ const (
 // tocs is the per-process cache of TOCs fetched ahead of their Prepare.
 type tocs struct {
 	mu sync.Mutex
-	m  map[digest.Digest]*tocEntry
+	m  map[tocKey]*tocEntry
+}
+
+// tocKey names a layer's TOC as one registry host's stores give it (a
+// layer two hosts share may come from different buckets).
+type tocKey struct {
+	host  string
+	layer digest.Digest
 }
 
 type tocEntry struct {
@@ -68,11 +75,11 @@ func fetchTOC(ctx context.Context, stores []*store.Store, layer digest.Digest) (
 
 // warm starts fetching the TOCs of layers not fetched yet, in the
 // background (ctx: the snapshotter's lifetime).
-func (t *tocs) warm(ctx context.Context, stores []*store.Store, layers []digest.Digest) {
+func (t *tocs) warm(ctx context.Context, host string, stores []*store.Store, layers []digest.Digest) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m == nil {
-		t.m = map[digest.Digest]*tocEntry{}
+		t.m = map[tocKey]*tocEntry{}
 	}
 	now := time.Now()
 	for d, e := range t.m { // bounded: drop what no Prepare came for
@@ -83,11 +90,11 @@ func (t *tocs) warm(ctx context.Context, stores []*store.Store, layers []digest.
 	var todo []*tocEntry
 	var digests []digest.Digest
 	for _, d := range layers {
-		if _, ok := t.m[d]; ok {
+		if _, ok := t.m[tocKey{host, d}]; ok {
 			continue
 		}
 		e := &tocEntry{done: make(chan struct{})}
-		t.m[d] = e
+		t.m[tocKey{host, d}] = e
 		todo, digests = append(todo, e), append(digests, d)
 	}
 	if len(todo) == 0 {
@@ -112,9 +119,9 @@ func (t *tocs) warm(ctx context.Context, stores []*store.Store, layers []digest.
 // get returns layer's TOC: the one warm fetched if there is one (waiting
 // for it), else fetched now. A failed early fetch is tried again, unless
 // it found no index at all.
-func (t *tocs) get(ctx context.Context, stores []*store.Store, layer digest.Digest) (*lazy.TOC, []byte, *store.Store, error) {
+func (t *tocs) get(ctx context.Context, host string, stores []*store.Store, layer digest.Digest) (*lazy.TOC, []byte, *store.Store, error) {
 	t.mu.Lock()
-	e := t.m[layer]
+	e := t.m[tocKey{host, layer}]
 	t.mu.Unlock()
 	if e != nil {
 		select {
@@ -123,8 +130,8 @@ func (t *tocs) get(ctx context.Context, stores []*store.Store, layer digest.Dige
 			return nil, nil, nil, ctx.Err()
 		}
 		t.mu.Lock()
-		if t.m[layer] == e {
-			delete(t.m, layer) // used: a later pull fetches afresh
+		if t.m[tocKey{host, layer}] == e {
+			delete(t.m, tocKey{host, layer}) // used: a later pull fetches afresh
 		}
 		t.mu.Unlock()
 		if !e.stale(time.Now()) && (e.err == nil || errors.Is(e.err, lazy.ErrNoIndex)) {
