@@ -234,7 +234,8 @@ func (l *Layer) claim(first int, limit, fileEnd int64, force bool) (last int, do
 
 // readahead keeps the chunks of the file ending at fileEnd from chunk
 // from on, within seqWindow compressed bytes, fetched or being fetched,
-// in runs of readaheadBytes, at most seqRuns runs of the layer at once.
+// in runs of readaheadBytes, at most seqRuns runs of the layer (and
+// maxAheadAll of the process) at once.
 func (l *Layer) readahead(from int, fileEnd int64) {
 	var bytes int64
 	for i := from; i < len(l.toc.Chunks) && int64(i)*l.toc.ChunkSize < fileEnd && bytes < seqWindow && int64(i-from)*l.toc.ChunkSize < seqWindow; i++ {
@@ -242,19 +243,18 @@ func (l *Layer) readahead(from int, fileEnd int64) {
 		if l.present[i].Load() || l.fetching(i) != nil {
 			continue
 		}
-		if l.ahead.Add(1) > seqRuns {
-			l.ahead.Add(-1)
+		if !l.startAhead() {
 			return
 		}
 		last, done := l.claim(i, readaheadBytes, fileEnd, false)
 		if last == i {
 			done()
-			l.ahead.Add(-1)
+			l.endAhead()
 			continue
 		}
 		first := i
 		go func() {
-			defer l.ahead.Add(-1)
+			defer l.endAhead()
 			defer done()
 			leave := demand.enter()
 			defer leave()
@@ -264,6 +264,33 @@ func (l *Layer) readahead(from int, fileEnd int64) {
 			bytes += l.toc.Chunks[i+1].Size
 		}
 	}
+}
+
+// aheadAll counts the readahead runs of every layer: what their buffers
+// hold is bounded for the process, not only per layer.
+var aheadAll atomic.Int32
+
+// maxAheadAll bounds aheadAll (each run buffers up to readaheadBytes).
+const maxAheadAll = 2 * seqRuns
+
+// startAhead takes a readahead slot of the layer and of the process, or
+// reports there is none.
+func (l *Layer) startAhead() bool {
+	if l.ahead.Add(1) > seqRuns {
+		l.ahead.Add(-1)
+		return false
+	}
+	if aheadAll.Add(1) > maxAheadAll {
+		aheadAll.Add(-1)
+		l.ahead.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (l *Layer) endAhead() {
+	aheadAll.Add(-1)
+	l.ahead.Add(-1)
 }
 
 func (l *Layer) readChunk(i int, p []byte, within, fileEnd int64, seq bool) error {
