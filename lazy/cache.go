@@ -30,6 +30,10 @@ import (
 type Cache struct {
 	dir string
 	dec *zstd.Decoder
+	// decMu orders Close after the decodes running: readahead may still
+	// be decoding for a reader that left.
+	decMu     sync.RWMutex
+	decClosed bool
 	max int64 // bytes; 0 is no limit
 
 	loads singleflight.Group // one load per chunk at a time
@@ -85,6 +89,16 @@ func (c *Cache) has(d digest.Digest) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.lookup(d) != nil
+}
+
+// touch makes chunk d, if cached, the most recently used: a read served
+// from memory (recent) is a use all the same.
+func (c *Cache) touch(d digest.Digest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.lookup(d); e != nil {
+		c.touchLocked(e)
+	}
 }
 
 // drop forgets chunk d (its file is gone or bad).
@@ -229,7 +243,13 @@ func (c *Cache) keep(d digest.Digest, data []byte, prefetch bool) error {
 
 // decode decompresses a frame and checks it is chunk d of size bytes.
 func (c *Cache) decode(d digest.Digest, size int64, frame []byte) ([]byte, error) {
+	c.decMu.RLock()
+	if c.decClosed {
+		c.decMu.RUnlock()
+		return nil, errors.New("chunk cache closed")
+	}
 	data, err := c.dec.DecodeAll(frame, make([]byte, 0, size))
+	c.decMu.RUnlock()
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w: %w", d, ErrCorruptChunk, err)
 	}
@@ -255,5 +275,12 @@ func (c *Cache) store(d digest.Digest, data []byte) error {
 	return nil
 }
 
-// Close releases the decoder.
-func (c *Cache) Close() { c.dec.Close() }
+// Close releases the decoder, once no decode is running.
+func (c *Cache) Close() {
+	c.decMu.Lock()
+	defer c.decMu.Unlock()
+	if !c.decClosed {
+		c.decClosed = true
+		c.dec.Close()
+	}
+}

@@ -17,7 +17,6 @@ import (
 	"github.com/s3snap/s3snap/internal/atomicfile"
 	"github.com/s3snap/s3snap/lazy"
 	"github.com/s3snap/s3snap/lazy/fused"
-	"github.com/s3snap/s3snap/store"
 )
 
 // Lazy mode: a layer whose lazy index is in the bucket is not unpacked.
@@ -96,6 +95,7 @@ type lazyProvider struct {
 	fs     Mounter
 	// verifyBeforeStart: checkIndex (lazy_verify.go).
 	verifyBeforeStart bool
+	ahead             aheadTOCs // fetched ahead of their Prepare (lazy_ahead.go)
 
 	mu      sync.Mutex
 	mounts  map[string]lazyRecord    // mounted, by snapshot name
@@ -212,19 +212,9 @@ func (l *lazyProvider) provideLazy(ctx context.Context, r request, parent string
 	if len(stores) == 0 {
 		return fmt.Errorf("registry %s: %w", r.host, errNotMirrored)
 	}
-	var (
-		toc *lazy.TOC
-		raw []byte
-		st  *store.Store
-	)
-	err = fmt.Errorf("layer %s: %w", r.layer, lazy.ErrNoIndex)
-	for _, cand := range stores {
-		if toc, raw, err = lazy.FetchTOC(ctx, cand, r.layer); err == nil {
-			st = cand
-			break
-		}
-	}
-	if st == nil {
+	l.ahead.warm(l.ctx, r.host, stores, r.layers) // the image's other layers, in parallel
+	toc, raw, st, err := l.ahead.get(ctx, r.host, stores, r.layer)
+	if err != nil {
 		return err
 	}
 	if err := checkChain(parent, toc.DiffID, r.chainID); err != nil {

@@ -50,7 +50,15 @@ func Mount(ctx context.Context, dir string, l *lazy.Layer, opts ...lazy.TreeOpti
 			// As root: mount(2) itself, never fusermount.
 			DirectMountStrict: true,
 			Options:           []string{"default_permissions", "ro"},
-			MaxReadAhead:      1 << 20,
+			// Requests as large as the kernel allows (1 MiB, max_pages
+			// 256 since Linux 4.20; go-fuse caps it at the kernel's
+			// limit): a chunk per request rather than an eighth.
+			MaxWrite:     1 << 20,
+			MaxReadAhead: 1 << 20,
+			// Reads answer from memory, never from a file descriptor:
+			// go-fuse's splice attempt only fails (a 1 MiB answer does
+			// not fit the default pipe) and logs each time.
+			DisableSplice: true,
 		},
 		EntryTimeout:    &forever,
 		AttrTimeout:     &forever,
@@ -243,7 +251,7 @@ func (r *node) Read(_ context.Context, _ fs.FileHandle, dest []byte, off int64) 
 		return fuse.ReadResultData(nil), fs.OK
 	}
 	n := min(int64(len(dest)), e.Size-off)
-	if _, err := r.l.ReadFileAt(dest[:n], e.Offset+off, e.Offset+e.Size); err != nil {
+	if _, err := r.l.ReadFile(dest[:n], e.Offset+off, e.Offset, e.Offset+e.Size); err != nil {
 		log.G(r.ctx).WithError(err).WithField("file", e.Name).WithField("layer", r.l.TOC().Layer).Error("lazy read failed")
 		readErrors.Inc()
 		return nil, syscall.EIO

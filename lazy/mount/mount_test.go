@@ -54,7 +54,7 @@ type built struct {
 
 // build indexes a gzip'd tar of entries in memory, the TOC round-tripped
 // through its encoding as a reader gets it from the bucket.
-func build(t *testing.T, chunk int64, entries ...tarEntry) built {
+func build(t testing.TB, chunk int64, entries ...tarEntry) built {
 	t.Helper()
 	var raw bytes.Buffer
 	tw := tar.NewWriter(&raw)
