@@ -34,7 +34,7 @@ type Cache struct {
 	// be decoding for a reader that left.
 	decMu     sync.RWMutex
 	decClosed bool
-	max int64 // bytes; 0 is no limit
+	max       int64 // bytes; 0 is no limit
 
 	loads singleflight.Group // one load per chunk at a time
 
