@@ -230,9 +230,9 @@ func TestK8sImageGC(t *testing.T) {
 	leftover := diskAfter - c.onDisk(t, false)
 	t.Logf("image GC under disk pressure (imagefs.available %d%%, %.1f%% free): unused images removed %.1fs after kubelet's restart; agent disk %.1f → %.1f MiB; %d FUSE mounts → %d; lazy chunk cache left: %.2f MiB",
 		threshold, free, took.Seconds(), mib(diskBefore), mib(diskAfter), mountsBefore, c.fuseMounts(t), mib(leftover))
-	// (du counts the cache's fan-out directories, which stay: a few
-	// hundred KiB. The lazy image's chunks would be tens of MiB.)
-	if leftover > 1<<20 {
+	// (du counts the cache's fan-out directories, which stay: up to 256
+	// of 4 KiB. The lazy image's chunks would be tens of MiB.)
+	if leftover > 2<<20 {
 		t.Errorf("%.1f MiB of lazy chunks left after the lazy image was removed, want the cache empty", mib(leftover))
 	}
 	if diskAfter >= diskBefore || diskBefore-diskAfter < uint64(layers*size)*9/10 {
