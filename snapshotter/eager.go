@@ -68,7 +68,22 @@ func (e *eager) provide(ctx context.Context, r request, parent string, labels ma
 		removeSnapshot(ctx, e.sn, sl.key)
 		return fmt.Errorf("layer %s: %w", r.layer, err)
 	}
-	if err := commitLayer(ctx, e.sn, sl.key, parent, sl.diffID, r.chainID, labels, nil); err != nil {
+	err = commitLayer(ctx, e.sn, sl.key, parent, sl.diffID, r.chainID, labels, nil)
+	if errdefs.IsNotFound(err) {
+		// The staging snapshot is gone: containerd's garbage collector
+		// removes the backend's snapshots its metadata does not name, and
+		// may run while a staged layer waits for its Prepare. Once more.
+		log.G(ctx).WithError(err).WithField("layer", r.layer).Warn("staged layer removed before its commit; unpacking it again")
+		if sl, err = unpackLayer(ctx, e.sn, st, r.layer); err != nil {
+			return err
+		}
+		if err = e.admit(ctx, sl, parent, r.chainID); err != nil {
+			removeSnapshot(ctx, e.sn, sl.key)
+			return fmt.Errorf("layer %s: %w", r.layer, err)
+		}
+		err = commitLayer(ctx, e.sn, sl.key, parent, sl.diffID, r.chainID, labels, nil)
+	}
+	if err != nil {
 		if errdefs.IsAlreadyExists(err) {
 			return nil // a concurrent pull committed it first
 		}
