@@ -80,6 +80,14 @@ func Run(ctx context.Context, cfg config.Config, opts ...Option) error {
 		return err
 	}
 	defer os.Remove(cfg.Socket)
+	if cfg.Debug.Address != "" {
+		stopDebug, err := serveDebug(ctx, cfg.Debug.Address)
+		if err != nil {
+			sock.Close()
+			return fmt.Errorf("[debug] address: %w", err)
+		}
+		defer stopDebug()
+	}
 	grpcServer := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(grpcServer, snapshotservice.FromSnapshotter(sn))
 

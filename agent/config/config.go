@@ -50,6 +50,17 @@ type Config struct {
 	Fetch    FetchConfig      `toml:"fetch"`
 	Registry []RegistryConfig `toml:"registry"`
 	Lazy     LazyConfig       `toml:"lazy"`
+	Debug    DebugConfig      `toml:"debug"`
+}
+
+// DebugConfig is the [debug] table.
+type DebugConfig struct {
+	// Address is a unix socket serving Go's runtime profiles
+	// (/debug/pprof/), as containerd's [debug] address does; empty (the
+	// default) serves none. The socket is 0600: only root may read them.
+	//
+	//	curl --unix-socket /run/s3snap/debug.sock -o cpu.pprof 'http://debug/debug/pprof/profile?seconds=10'
+	Address string `toml:"address"`
 }
 
 // LazyConfig is the [lazy] table: layers whose lazy index is in the bucket
@@ -233,6 +244,15 @@ func (c *Config) Validate() error {
 	// The lazy FUSE server's socket is <root>/fused/fused.sock.
 	if c.Lazy.Enabled && len(c.Root)+len("/fused/fused.sock") >= 108 {
 		bad("root %q: too long for the lazy FUSE server's socket under it (a unix socket path must be shorter than 108 bytes)", c.Root)
+	}
+	if c.Debug.Address != "" {
+		if !filepath.IsAbs(c.Debug.Address) {
+			bad("[debug] address %q: must be an absolute path (a unix socket)", c.Debug.Address)
+		} else if len(c.Debug.Address) >= 108 {
+			bad("[debug] address %q: a unix socket path must be shorter than 108 bytes", c.Debug.Address)
+		} else if c.Debug.Address == c.Socket {
+			bad("[debug] address %q: the snapshotter's socket", c.Debug.Address)
+		}
 	}
 	if c.Mirror.Address == c.Metrics.Address {
 		bad("[mirror] and [metrics] both listen on %s", c.Mirror.Address)

@@ -108,6 +108,8 @@ func TestParseErrors(t *testing.T) {
 		{"mirror without host", "[mirror]\naddress = \":5050\"\n" + reg, "loopback"},
 		{"metrics public", "[metrics]\naddress = \"10.1.2.3:9100\"\n" + reg, "[metrics] address"},
 		{"same address", "[metrics]\naddress = \"127.0.0.1:505\"\n" + reg, "both listen"},
+		{"debug not a path", "[debug]\naddress = \"127.0.0.1:6060\"\n" + reg, "[debug] address"},
+		{"debug on the snapshotter socket", "[debug]\naddress = \"/run/s3snap/s3snap.sock\"\n" + reg, "the snapshotter's socket"},
 		{"tiny spool", "[mirror]\nspool_max_bytes = \"64KiB\"\n" + reg, "spool_max_bytes 65536"},
 		{"no fetches", "[mirror]\nmax_concurrent_fetches = 0\n" + reg, "max_concurrent_fetches 0"},
 		{"too many fetches", "[mirror]\nmax_concurrent_fetches = 100000\n" + reg, "max_concurrent_fetches 100000"},
