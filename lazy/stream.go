@@ -32,7 +32,10 @@ func (t *TOC) ParallelStream(ctx context.Context, ra io.ReaderAt, jobs int) io.R
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	s := &parallelStream{t: t, ra: ra, cancel: cancel, runs: make(chan chan runResult, jobs)}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(jobs), zstd.WithDecoderMaxMemory(2*MaxChunkSize))
+	// Frame checksums are not checked: the rebuilt tar's digest is, and
+	// it covers every byte.
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(jobs), zstd.WithDecoderMaxMemory(2*MaxChunkSize),
+		zstd.IgnoreChecksum(true))
 	if err != nil {
 		s.err = err
 		close(s.runs)
@@ -44,9 +47,29 @@ func (t *TOC) ParallelStream(ctx context.Context, ra io.ReaderAt, jobs int) io.R
 }
 
 type runResult struct {
-	data []byte
+	data *[]byte // from runBufs; back to it once read
 	err  error
 }
+
+// runBufs holds the buffers runs read frames into and decode into: a run
+// is up to runChunks chunks, and allocating (zeroing) ~1 GB of them for
+// one big layer costs more CPU than copying it.
+var runBufs sync.Pool
+
+// runBuf returns a buffer of length n from runBufs, or a new one.
+func runBuf(n int64) *[]byte {
+	if b, ok := runBufs.Get().(*[]byte); ok && int64(cap(*b)) >= n {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]byte, n, max(n, runChunks*DefaultChunkSize+decodeSlack))
+	return &b
+}
+
+// decodeSlack is room past a run's last chunk: zstd's decoder takes its
+// fast path (copies that may write up to 16 bytes past a sequence) only
+// when the buffer it decodes into has it.
+const decodeSlack = 64
 
 type parallelStream struct {
 	t      *TOC
@@ -54,7 +77,8 @@ type parallelStream struct {
 	dec    *zstd.Decoder
 	cancel context.CancelFunc
 	runs   chan chan runResult // one per run, in stream order; its capacity bounds the runs in flight
-	buf    []byte
+	buf    []byte  // what is left to read of held
+	held   *[]byte // the run being read, back to runBufs once read
 	err    error
 	closed sync.Once
 }
@@ -81,8 +105,9 @@ func (s *parallelStream) run(ctx context.Context, first, last int) runResult {
 		return runResult{err: err}
 	}
 	start, end := s.t.Chunks[first].Offset, s.t.Chunks[last].Offset+s.t.Chunks[last].Size
-	frames := make([]byte, end-start) // Validate bounded each frame by MaxFrameSize
-	if n, err := s.ra.ReadAt(frames, start); n < len(frames) || (err != nil && !errors.Is(err, io.EOF)) {
+	frames := runBuf(end - start) // Validate bounded each frame by MaxFrameSize
+	defer runBufs.Put(frames)
+	if n, err := s.ra.ReadAt(*frames, start); n < len(*frames) || (err != nil && !errors.Is(err, io.EOF)) {
 		if err == nil || errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
@@ -92,31 +117,50 @@ func (s *parallelStream) run(ctx context.Context, first, last int) runResult {
 	for i := first; i <= last; i++ {
 		size += s.t.chunkLen(i)
 	}
-	out := make([]byte, 0, size)
+	buf := runBuf(size + decodeSlack)
+	out := (*buf)[:0]
 	for i := first; i <= last; i++ {
 		c := s.t.Chunks[i]
-		frame := frames[c.Offset-start : c.Offset-start+c.Size]
+		frame := (*frames)[c.Offset-start : c.Offset-start+c.Size]
 		n := len(out)
-		var err error
-		if out, err = s.dec.DecodeAll(frame, out); err != nil {
+		// Each chunk is decoded into an empty slice of its place in out:
+		// the decoder's fast path wants room for the frame's content size
+		// past the slice's length, which a slice holding earlier chunks
+		// would seem to lack.
+		got, err := s.dec.DecodeAll(frame, out[n:n])
+		if err != nil {
+			runBufs.Put(buf)
 			return runResult{err: fmt.Errorf("layer %s: chunk %d: %w: %w", s.t.Layer, i, ErrCorruptChunk, err)}
 		}
-		if int64(len(out)-n) != s.t.chunkLen(i) {
-			return runResult{err: fmt.Errorf("layer %s: chunk %d decodes to %d bytes, not %d: %w", s.t.Layer, i, len(out)-n, s.t.chunkLen(i), ErrCorruptChunk)}
+		if int64(len(got)) != s.t.chunkLen(i) {
+			runBufs.Put(buf)
+			return runResult{err: fmt.Errorf("layer %s: chunk %d decodes to %d bytes, not %d: %w", s.t.Layer, i, len(got), s.t.chunkLen(i), ErrCorruptChunk)}
+		}
+		out = out[:n+len(got)]
+		if len(got) > 0 && &got[0] != &out[n] {
+			copy(out[n:], got) // the decoder allocated anew
 		}
 	}
-	return runResult{data: out}
+	*buf = out
+	return runResult{data: buf}
 }
 
 func (s *parallelStream) Read(p []byte) (int, error) {
 	for len(s.buf) == 0 && s.err == nil {
+		if s.held != nil {
+			runBufs.Put(s.held)
+			s.held = nil
+		}
 		ch, ok := <-s.runs
 		if !ok {
 			s.err = io.EOF
 			break
 		}
 		r := <-ch
-		s.buf, s.err = r.data, r.err
+		s.err = r.err
+		if r.data != nil {
+			s.held, s.buf = r.data, *r.data
+		}
 	}
 	if len(s.buf) > 0 {
 		n := copy(p, s.buf)

@@ -44,8 +44,9 @@ func (a *applier) create(hdr *tar.Header, tr io.Reader, path string, parentSetgi
 			if err := a.sem.Acquire(a.ctx, hdr.Size); err != nil {
 				return err
 			}
-			data := make([]byte, hdr.Size)
-			if _, err := io.ReadFull(tr, data); err != nil {
+			data := getBuf(hdr.Size)
+			if _, err := io.ReadFull(tr, *data); err != nil {
+				putBuf(data)
 				a.sem.Release(hdr.Size)
 				return err
 			}

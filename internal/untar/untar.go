@@ -143,7 +143,7 @@ type applier struct {
 type job struct {
 	path         string
 	hdr          *tar.Header
-	data         []byte
+	data         *[]byte // from getBuf; the worker puts it back
 	parentSetgid bool
 }
 
@@ -325,11 +325,12 @@ func (a *applier) work() {
 	defer a.workersDone.Done()
 	for j := range a.jobs {
 		if a.failed() == nil {
-			if err := a.writeFile(j.path, j.hdr, nil, j.data, j.parentSetgid); err != nil {
+			if err := a.writeFile(j.path, j.hdr, nil, *j.data, j.parentSetgid); err != nil {
 				a.fail(fmt.Errorf("%s: %w", j.hdr.Name, err))
 			}
 		}
-		a.sem.Release(int64(len(j.data)))
+		a.sem.Release(int64(len(*j.data)))
+		putBuf(j.data)
 		a.pending.Done()
 	}
 }
