@@ -77,8 +77,8 @@ type parallelStream struct {
 	dec    *zstd.Decoder
 	cancel context.CancelFunc
 	runs   chan chan runResult // one per run, in stream order; its capacity bounds the runs in flight
-	buf    []byte  // what is left to read of held
-	held   *[]byte // the run being read, back to runBufs once read
+	buf    []byte              // what is left to read of held
+	held   *[]byte             // the run being read, back to runBufs once read
 	err    error
 	closed sync.Once
 }
