@@ -3,9 +3,12 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -47,12 +50,22 @@ type pullSide struct {
 //	go test ./integration/bench -run '^$' -bench PullRealistic -benchtime 1x
 //
 // S3SNAP_BENCH_RUNS sets the rounds (default 5).
+//
+// The curve by CPUs: run it under taskset with S3SNAP_BENCH_SERVER_CPUS
+// naming the CPUs left for the servers (the registry and the S3 server
+// are moved there, as a real node's are elsewhere), e.g. one CPU for the
+// node on two:
+//
+//	S3SNAP_BENCH_SERVER_CPUS=1 taskset -c 0 go test ./integration/bench -run '^$' -bench PullRealistic/loopback -benchtime 1x
 func BenchmarkPullRealistic(b *testing.B) {
 	e := testenv.S3(b)
 	bucket := e.NewBucket(b)
 	st := store.New(e.Client(b), bucket, store.WithPrefix("ecr"))
 	im := testenv.RealisticImage(b, ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH})
 	reg := testenv.StartFSRegistry(b)
+	if cpus := os.Getenv("S3SNAP_BENCH_SERVER_CPUS"); cpus != "" {
+		pinServers(b, cpus, reg.Pid())
+	}
 	testenv.PushToRegistry(b, reg.Addr, "bench/realistic", "v1", im)
 	// The same image twice: under ecr/ as it is, under ecrix/ with the
 	// lazy index of each layer (s3snap index), which eager pulls unpack from.
@@ -70,6 +83,9 @@ func BenchmarkPullRealistic(b *testing.B) {
 	_, unpigz := exec.LookPath("unpigz")
 	fmt.Printf("cold pull, realistic image (%d layers, %d MB gzip), GOMAXPROCS %d, igzip on PATH: %v, unpigz: %v\n",
 		len(im.Layers), totalSize(im)>>20, runtime.GOMAXPROCS(0), igzip == nil, unpigz == nil)
+	if cpus := os.Getenv("S3SNAP_BENCH_SERVER_CPUS"); cpus != "" {
+		fmt.Printf("the pulls run on %d CPUs; the registry and S3 server on CPUs %s\n", runtime.GOMAXPROCS(0), cpus)
+	}
 	for _, shaped := range []bool{false, true} {
 		name := "loopback"
 		if shaped {
@@ -153,6 +169,29 @@ func comparePulls(b *testing.B, sides []pullSide) {
 			b.ReportMetric(r, fmt.Sprintf("x-vs-%d/%d", base, j))
 		}
 	}
+}
+
+// pinServers moves the registry (pid) and the environment's S3 server
+// (its pid file) onto cpus, every thread.
+func pinServers(b *testing.B, cpus string, pid int) {
+	pids := []string{strconv.Itoa(pid)}
+	s3pid, err := os.ReadFile(filepath.Join(os.Getenv("S3SNAP_STATE"), "s3.pid"))
+	if err != nil {
+		b.Fatalf("S3SNAP_BENCH_SERVER_CPUS: the S3 server's pid: %v", err)
+	}
+	pids = append(pids, strings.TrimSpace(string(s3pid)))
+	for _, p := range pids {
+		if out, err := exec.Command("taskset", "-a", "-p", "-c", cpus, p).CombinedOutput(); err != nil {
+			b.Fatalf("taskset %s: %v\n%s", p, err, out)
+		}
+	}
+	b.Cleanup(func() {
+		// Give the shared S3 server its CPUs back (runtime.NumCPU counts
+		// only this process's own).
+		if online, err := os.ReadFile("/sys/devices/system/cpu/online"); err == nil {
+			_ = exec.Command("taskset", "-a", "-p", "-c", strings.TrimSpace(string(online)), pids[1]).Run()
+		}
+	})
 }
 
 // pairedRatio is the median over rounds of base[i]/other[i].
