@@ -11,6 +11,11 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
+// maxStreamJobs bounds a stream's runs in flight by default, and so its
+// memory (each run holds up to runChunks*DefaultChunkSize decoded): 64
+// cores need no more than 16 runs of 8MiB to keep a layer's reader fed.
+const maxStreamJobs = 16
+
 // runChunks is how many chunks one ranged read of a parallel stream
 // covers (DefaultChunkSize each: 8 MiB of file data a read).
 const runChunks = 8
@@ -18,7 +23,8 @@ const runChunks = 8
 // ParallelStream returns the layer's uncompressed data stream, in order,
 // read from its data object ra with up to jobs ranged reads in flight and
 // their chunks decoded on as many goroutines (jobs <= 0: GOMAXPROCS+2, so
-// that reads waiting on the network don't idle the cores).
+// that reads waiting on the network don't idle the cores, at most
+// maxStreamJobs).
 //
 // Unlike DataStream it does not check chunks against their digests: it is
 // for a reader that trusts nothing until the whole stream is checked, as
@@ -28,7 +34,7 @@ const runChunks = 8
 // decode to its chunk's size is ErrCorruptChunk. Close stops the reads.
 func (t *TOC) ParallelStream(ctx context.Context, ra io.ReaderAt, jobs int) io.ReadCloser {
 	if jobs <= 0 {
-		jobs = runtime.GOMAXPROCS(0) + 2
+		jobs = min(runtime.GOMAXPROCS(0)+2, maxStreamJobs)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	s := &parallelStream{t: t, ra: ra, cancel: cancel, runs: make(chan chan runResult, jobs)}

@@ -132,8 +132,11 @@ type FetchConfig struct {
 	PartSize Size `toml:"part_size"`
 	// Concurrency is how many ranged GETs one blob keeps in flight.
 	Concurrency int `toml:"concurrency"`
-	// UnpackJobs is how many layers are fetched and unpacked at once.
-	// Unpacking is CPU-bound: about one per core.
+	// UnpackJobs is how many layers are fetched and unpacked at once;
+	// each also decodes and writes files on all the CPUs it is given.
+	// The default is the CPUs the agent may use (GOMAXPROCS, which
+	// follows its affinity and cgroup CPU limit), at most 4: each job
+	// holds up to ~100MiB of buffers.
 	UnpackJobs int `toml:"unpack_jobs"`
 }
 
@@ -164,7 +167,7 @@ func Default() Config {
 		Socket:  DefaultSocket,
 		Mirror:  MirrorConfig{Address: DefaultMirrorAddress, MaxConcurrentFetches: mirror.DefaultMaxFetches},
 		Metrics: MetricsConfig{Address: DefaultMetricsAddress},
-		Fetch:   FetchConfig{PartSize: fetcher.DefaultPartSize, Concurrency: fetcher.DefaultConcurrency, UnpackJobs: min(runtime.NumCPU(), 4)},
+		Fetch:   FetchConfig{PartSize: fetcher.DefaultPartSize, Concurrency: fetcher.DefaultConcurrency, UnpackJobs: min(runtime.GOMAXPROCS(0), 4)},
 	}
 }
 
