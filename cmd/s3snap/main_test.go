@@ -31,6 +31,7 @@ func TestRunUsageErrors(t *testing.T) {
 		{[]string{"version", "extra"}, "takes no arguments"},
 		{[]string{"-o", "yaml", "version"}, `--output "yaml"`},
 		{[]string{"--log-level", "loud", "version"}, `--log-level "loud"`},
+		{[]string{"--log-format", "xml", "version"}, `--log-format "xml": want text or json`},
 		{[]string{"--endpoint", "127.0.0.1:9000", "ls", "s3://b"}, "want an http:// or https:// URL"},
 		{[]string{"ls", "b/app"}, "want s3://bucket"},
 		{[]string{"ls", "s3://"}, "no bucket"},

@@ -31,6 +31,7 @@ type globals struct {
 	pathStyle bool
 	output    string
 	logLevel  string
+	logFormat string
 
 	pathStyleSet bool // --path-style given explicitly
 	stdout       io.Writer
@@ -117,6 +118,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	f.BoolVar(&g.pathStyle, "path-style", false, "address buckets in the URL path, as S3-compatible servers need (default: true when an endpoint is given)")
 	f.StringVarP(&g.output, "output", "o", outputText, "output format: text or json")
 	f.StringVar(&g.logLevel, "log-level", "warn", "log level on stderr: trace, debug, info, warn, error")
+	f.StringVar(&g.logFormat, "log-format", "text", "log format on stderr: text or json, both with nanosecond timestamps")
 
 	root.AddCommand(newVersionCmd(g), newLsCmd(g), newInspectCmd(g), newPushCmd(g), newAgentCmd(g), newMigrateCmd(g), newVerifyCmd(g), newInstallCmd(g), newDoctorCmd(g))
 	root.AddCommand(newRewriteCmd(g))
@@ -136,6 +138,12 @@ func (g *globals) setup() error {
 	}
 	if err := log.SetLevel(g.logLevel); err != nil {
 		return usagef("--log-level %q: want trace, debug, info, warn or error", g.logLevel)
+	}
+	if g.logFormat != string(log.TextFormat) && g.logFormat != string(log.JSONFormat) {
+		return usagef("--log-format %q: want text or json", g.logFormat)
+	}
+	if err := log.SetFormat(log.OutputFormat(g.logFormat)); err != nil {
+		return usagef("--log-format: %v", err)
 	}
 	log.L.Logger.SetOutput(g.stderr)
 	if g.endpoint != "" {

@@ -3,6 +3,9 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,7 +52,9 @@ type pullSide struct {
 //
 //	go test ./integration/bench -run '^$' -bench PullRealistic -benchtime 1x
 //
-// S3SNAP_BENCH_RUNS sets the rounds (default 5).
+// S3SNAP_BENCH_RUNS sets the rounds (default 5). S3SNAP_BENCH_PROFILE=dir
+// writes a CPU profile of the agent during each of its pulls there (taken
+// through its [debug] socket; the rounds take longer), and its log.
 //
 // The curve by CPUs: run it under taskset with S3SNAP_BENCH_SERVER_CPUS
 // naming the CPUs left for the servers (the registry and the S3 server
@@ -127,9 +132,25 @@ func pullSides(ref, regAddr string, e *testenv.S3Env, bucket string, layers int)
 	}
 	agent := func(prefix string, source string) func(b *testing.B) time.Duration {
 		return func(b *testing.B) time.Duration {
-			a := testenv.StartAgent(b, testenv.AgentOptions{S3: e, Registries: map[string]string{regAddr: "s3://" + bucket + "/" + prefix}})
+			profDir := os.Getenv("S3SNAP_BENCH_PROFILE")
+			var extra, debugSock string
+			if profDir != "" {
+				debugSock = filepath.Join(b.TempDir(), "debug.sock")
+				extra = fmt.Sprintf("[debug]\naddress = %q\n", debugSock)
+			}
+			a := testenv.StartAgent(b, testenv.AgentOptions{S3: e, Registries: map[string]string{regAddr: "s3://" + bucket + "/" + prefix}, Extra: extra})
 			c := testenv.StartContainerd(b, testenv.ContainerdOptions{Extra: a.ContainerdConfig(regAddr)})
+			var profiled func()
+			if profDir != "" {
+				profiled = profileAgent(b, debugSock, filepath.Join(profDir, source+"-"+strings.ReplaceAll(b.Name(), "/", "_")+".pprof"))
+			}
 			d := timedPull(b, c, ref, "--hosts-dir", a.HostsDir, "--snapshotter", "s3snap")
+			if profiled != nil {
+				profiled()
+				if data, err := os.ReadFile(a.Log); err == nil {
+					_ = os.WriteFile(filepath.Join(profDir, source+"-"+strings.ReplaceAll(b.Name(), "/", "_")+".log"), data, 0o600)
+				}
+			}
 			if n := a.Metric(b, "s3snap_snapshotter_layers_unpacked_total", "source="+source); int(n) != layers {
 				b.Fatalf("only %v of %d layers came from S3, unpacked from their %s", n, layers, source)
 			}
@@ -168,6 +189,42 @@ func comparePulls(b *testing.B, sides []pullSide) {
 			fmt.Printf("  %s vs %s: %.2fx (median of paired ratios)\n", sides[j].name, sides[base].name, r)
 			b.ReportMetric(r, fmt.Sprintf("x-vs-%d/%d", base, j))
 		}
+	}
+}
+
+// profileAgent starts a CPU profile of the agent serving debugSock
+// ([debug] address) into file; the returned func waits for it (it covers
+// the profileSeconds from its start, the pull and then idle time).
+func profileAgent(b *testing.B, debugSock, file string) func() {
+	const profileSeconds = 8
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", debugSock)
+	}}}
+	done := make(chan error, 1)
+	go func() {
+		resp, err := client.Get(fmt.Sprintf("http://debug/debug/pprof/profile?seconds=%d", profileSeconds))
+		if err != nil {
+			done <- err
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(file)
+		if err != nil {
+			done <- err
+			return
+		}
+		_, err = io.Copy(f, resp.Body)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // the profile has started
+	return func() {
+		if err := <-done; err != nil {
+			b.Fatalf("profile the agent: %v", err)
+		}
+		fmt.Printf("  agent CPU profile: %s\n", file)
 	}
 }
 
