@@ -39,15 +39,23 @@ func (e *eager) provide(ctx context.Context, r request, parent string, labels ma
 	if len(stores) == 0 {
 		return fmt.Errorf("registry %s: %w", r.host, errNotMirrored)
 	}
-	stores = manifestFirst(ctx, stores, r)
-	st, err := firstWith(ctx, stores, r.layer)
-	if err != nil {
-		return err
-	}
-	if len(r.layers) > 1 {
-		e.prefetch(ctx, stores, r)
-	}
 	start := time.Now()
+	// A layer an earlier Prepare of the image started (its prefetch) needs
+	// no lookup, and the prefetch is done.
+	st := e.jobs.storeOf(r.layer)
+	if st == nil {
+		stores = manifestFirst(ctx, stores, r)
+		var err error
+		if st, err = firstWith(ctx, stores, r.layer); err != nil {
+			return err
+		}
+		// This layer first: containerd waits for it before asking for
+		// the next one.
+		e.jobs.start(st, r.layer)
+		if len(r.layers) > 1 {
+			e.prefetchAsync(ctx, stores, r)
+		}
+	}
 	sl, err := e.fetchLayer(ctx, stores, st, r.layer)
 	if err != nil {
 		return err
@@ -142,6 +150,22 @@ func (e *eager) fetchLayer(ctx context.Context, stores []*store.Store, st *store
 		}
 	}
 }
+
+// prefetchAsync starts prefetch in the background: its lookups (the
+// manifest, the config, each layer's store) are S3 round trips no Prepare
+// should wait for.
+func (e *eager) prefetchAsync(ctx context.Context, stores []*store.Store, r request) {
+	// The request's context ends with its Prepare; the snapshotter's
+	// ends with it, and the lookups are bounded.
+	pctx, cancel := context.WithTimeout(log.WithLogger(e.jobs.ctx, log.G(ctx)), prefetchTimeout)
+	go func() {
+		defer cancel()
+		e.prefetch(pctx, stores, r)
+	}()
+}
+
+// prefetchTimeout bounds a prefetch's lookups (not the unpacks it starts).
+const prefetchTimeout = time.Minute
 
 // prefetch starts unpacking every layer of the image that is not yet a
 // snapshot, each from the first of stores that has it. It reads the

@@ -16,6 +16,7 @@ import (
 // job is one layer being fetched and unpacked in the background. done is
 // closed when result/err are set.
 type job struct {
+	st      *store.Store // where the layer is read from
 	done    chan struct{}
 	result  *staged
 	err     error
@@ -45,7 +46,7 @@ func (j *jobs) start(st *store.Store, d digest.Digest) *job {
 	if jb, ok := j.byID[d]; ok {
 		return jb
 	}
-	jb := &job{done: make(chan struct{})}
+	jb := &job{st: st, done: make(chan struct{})}
 	j.byID[d] = jb
 	go func() {
 		ctx := log.WithLogger(j.ctx, log.G(j.ctx).WithField("layer", d))
@@ -66,6 +67,18 @@ func (j *jobs) start(st *store.Store, d digest.Digest) *job {
 		jb.expire = time.AfterFunc(j.ttl, func() { j.expireJob(d, jb) })
 	}()
 	return jb
+}
+
+// storeOf returns the store layer d's job reads it from, if one is under
+// way or its result is waiting, else nil: a Prepare that finds it need
+// not ask the stores again.
+func (j *jobs) storeOf(d digest.Digest) *store.Store {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if jb, ok := j.byID[d]; ok && !jb.claimed {
+		return jb.st
+	}
+	return nil
 }
 
 // claim waits for layer d's job and takes its result; it is then the
@@ -112,3 +125,4 @@ func (j *jobs) expireJob(d digest.Digest, jb *job) {
 		log.G(j.ctx).WithError(err).WithField("key", jb.result.key).Warn("remove unclaimed staged layer")
 	}
 }
+

@@ -147,8 +147,10 @@ func pullSides(ref, regAddr string, e *testenv.S3Env, bucket string, layers int)
 			d := timedPull(b, c, ref, "--hosts-dir", a.HostsDir, "--snapshotter", "s3snap")
 			if profiled != nil {
 				profiled()
-				if data, err := os.ReadFile(a.Log); err == nil {
-					_ = os.WriteFile(filepath.Join(profDir, source+"-"+strings.ReplaceAll(b.Name(), "/", "_")+".log"), data, 0o600)
+				for what, log := range map[string]string{"agent": a.Log, "containerd": c.Log} {
+					if data, err := os.ReadFile(log); err == nil {
+						_ = os.WriteFile(filepath.Join(profDir, source+"-"+strings.ReplaceAll(b.Name(), "/", "_")+"."+what+".log"), data, 0o600)
+					}
 				}
 			}
 			if n := a.Metric(b, "s3snap_snapshotter_layers_unpacked_total", "source="+source); int(n) != layers {
