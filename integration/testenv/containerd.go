@@ -71,6 +71,9 @@ type ContainerdOptions struct {
 	// generated one (Extra and CRI are ignored); its root, state and grpc
 	// address are overridden with the instance's own.
 	ConfigFile string
+	// Env is added to containerd's environment (CONTAINERD_DISABLE_IGZIP=1,
+	// say, for a node without ISA-L).
+	Env []string
 }
 
 // ContainerdBin returns the path of binary name (containerd, ctr,
@@ -132,7 +135,7 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 	}
 	c.config, c.t = path, t
 	// containerd finds its shim on PATH: this version's first.
-	c.env = []string{"PATH=" + filepath.Dir(shim) + ":" + BinDir() + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	c.env = append([]string{"PATH=" + filepath.Dir(shim) + ":" + BinDir() + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, opts.Env...)
 	c.start(t)
 	return c
 }
