@@ -56,4 +56,23 @@ func TestParallelStream(t *testing.T) {
 			t.Errorf("damaged data object: %v, want ErrCorruptChunk", err)
 		}
 	}
+
+	// A frame that decodes to more than its chunk holds (the first
+	// chunk's frame in the last chunk's place) is caught, not written
+	// past the chunk.
+	last := len(b.toc.Chunks) - 1
+	if b.toc.chunkLen(last) == b.toc.ChunkSize {
+		t.Fatal("test image: the last chunk should be short")
+	}
+	first := b.toc.Chunks[0]
+	lie := *b.toc
+	lie.Chunks = append([]Chunk(nil), b.toc.Chunks...)
+	lie.Chunks[last].Size = first.Size
+	data := append(append([]byte{}, b.data[:lie.Chunks[last].Offset]...), b.data[first.Offset:first.Offset+first.Size]...)
+	lie.DataSize = int64(len(data))
+	for _, jobs := range []int{1, 3} {
+		if _, err := io.ReadAll(lie.ParallelStream(context.Background(), bytes.NewReader(data), jobs)); !errors.Is(err, ErrCorruptChunk) {
+			t.Errorf("jobs %d: a frame bigger than its chunk: %v, want ErrCorruptChunk", jobs, err)
+		}
+	}
 }

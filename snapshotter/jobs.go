@@ -125,4 +125,3 @@ func (j *jobs) expireJob(d digest.Digest, jb *job) {
 		log.G(j.ctx).WithError(err).WithField("key", jb.result.key).Warn("remove unclaimed staged layer")
 	}
 }
-
