@@ -165,10 +165,14 @@ func extract(ctx context.Context, dir string, r io.Reader) (digest.Digest, []str
 	record := untar.WithFilter(func(hdr *tar.Header) (bool, error) {
 		return true, rec.add(hdr.Name, hdr.Typeflag == tar.TypeDir)
 	})
-	if err := untar.Apply(ctx, dir, io.TeeReader(r, h), record); err != nil {
+	// Hashed on a goroutine of its own: the tar's reader is a layer's
+	// one serial step.
+	hr := iox.HashAhead(r, h)
+	defer hr.Close()
+	if err := untar.Apply(ctx, dir, hr, record); err != nil {
 		return "", nil, err
 	}
-	if _, err := io.Copy(h, r); err != nil {
+	if _, err := io.Copy(io.Discard, hr); err != nil {
 		return "", nil, err
 	}
 	return digest.NewDigest(digest.SHA256, h), rec.implicit(), nil
