@@ -100,27 +100,38 @@ func unpackBlob(ctx context.Context, sn snapshots.Snapshotter, st *store.Store, 
 	if err != nil {
 		return nil, fmt.Errorf("open layer %s: %w", d, err)
 	}
-	defer rc.Close()
 	counted := &iox.CountingReader{R: rc}
-	// compression uses igzip, else unpigz, when on PATH, as containerd does.
-	ds, err := compression.DecompressStream(counted)
+	// compression uses igzip, else unpigz, when on PATH, as containerd
+	// does: then a goroutine of os/exec's feeds it from blob, and may
+	// still be reading when an unpack that failed reads the rest itself
+	// (blobError), or when rc is closed.
+	blob := &iox.LockedReader{R: counted}
+	defer func() {
+		blob.Lock()
+		defer blob.Unlock()
+		rc.Close()
+	}()
+	ds, err := compression.DecompressStream(blob)
 	if err != nil {
 		return nil, fmt.Errorf("decompress layer %s: %w", d, err)
 	}
 	defer ds.Close()
 	diffID, dirs, err := extract(ctx, s.dir, ds)
 	if err != nil {
-		return nil, blobError(fmt.Errorf("unpack layer %s: %w", d, err), counted)
+		return nil, blobError(fmt.Errorf("unpack layer %s: %w", d, err), blob)
 	}
 	// Read the compressed stream to its end so the store's reader
 	// verifies the layer's digest.
-	if _, err := io.Copy(io.Discard, counted); err != nil {
+	if _, err := io.Copy(io.Discard, blob); err != nil {
 		return nil, fmt.Errorf("read layer %s: %w", d, err)
 	}
-	if counted.N != info.Size {
-		return nil, fmt.Errorf("layer %s: read %d of %d bytes: %w", d, counted.N, info.Size, store.ErrSizeMismatch)
+	blob.Lock()
+	read := counted.N
+	blob.Unlock()
+	if read != info.Size {
+		return nil, fmt.Errorf("layer %s: read %d of %d bytes: %w", d, read, info.Size, store.ErrSizeMismatch)
 	}
-	sl := &staged{key: s.key, dir: s.dir, dirs: dirs, diffID: diffID, bytes: counted.N, store: st.URL(), source: "blob"}
+	sl := &staged{key: s.key, dir: s.dir, dirs: dirs, diffID: diffID, bytes: read, store: st.URL(), source: "blob"}
 	unpackSeconds.Observe(time.Since(start).Seconds())
 	log.G(ctx).WithField("layer", d).WithField("bytes", sl.bytes).WithField("took", time.Since(start)).Debug("layer unpacked from s3")
 	return sl, nil

@@ -5,6 +5,7 @@ package iox
 import (
 	"context"
 	"io"
+	"sync"
 )
 
 // CountingReader counts the bytes read through it (N).
@@ -33,4 +34,19 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// LockedReader lets several goroutines read R, one Read at a time: each
+// gets the next bytes, and a reader beneath that hashes what passes (the
+// store's digest check) still sees every byte once, in order. Lock it to
+// close what is beneath while a Read may be under way elsewhere.
+type LockedReader struct {
+	sync.Mutex
+	R io.Reader
+}
+
+func (l *LockedReader) Read(p []byte) (int, error) {
+	l.Lock()
+	defer l.Unlock()
+	return l.R.Read(p)
 }

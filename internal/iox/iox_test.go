@@ -1,11 +1,14 @@
 package iox
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"strings"
+	"sync"
 	"testing"
+	"testing/iotest"
 )
 
 func TestCountingReader(t *testing.T) {
@@ -25,5 +28,37 @@ func TestContextReader(t *testing.T) {
 	cancel()
 	if n, err := r.Read(p); n != 0 || !errors.Is(err, context.Canceled) {
 		t.Errorf("Read = %d, %v after cancel; want context.Canceled", n, err)
+	}
+}
+
+// LockedReader shared by goroutines gives each byte to exactly one of
+// them (run with -race).
+func TestLockedReader(t *testing.T) {
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = byte(i)
+	}
+	l := &LockedReader{R: iotest.HalfReader(bytes.NewReader(data))}
+	var wg sync.WaitGroup
+	counts := make([]int, 4)
+	for g := range counts {
+		wg.Go(func() {
+			buf := make([]byte, 1000)
+			for {
+				n, err := l.Read(buf)
+				counts[g] += n
+				if err != nil {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	total := 0
+	for _, c := range counts {
+		total += c
+	}
+	if total != len(data) {
+		t.Fatalf("%d bytes read in all, want %d", total, len(data))
 	}
 }
