@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/s3snap/s3snap/lazy"
 	"github.com/s3snap/s3snap/store"
 )
 
@@ -27,16 +28,17 @@ type job struct {
 // jobs runs layer unpacks, at most n at once, each layer once at a time.
 // An unpacked layer nobody claims within ttl is removed.
 type jobs struct {
-	ctx  context.Context // the snapshotter's lifetime
-	sn   snapshots.Snapshotter
-	sem  chan struct{}
-	ttl  time.Duration
-	mu   sync.Mutex
-	byID map[digest.Digest]*job
+	ctx   context.Context // the snapshotter's lifetime
+	sn    snapshots.Snapshotter
+	sem   chan struct{} // a slot for each layer unpacking
+	ahead chan struct{} // a slot for each layer looking up its index ahead of sem
+	ttl   time.Duration
+	mu    sync.Mutex
+	byID  map[digest.Digest]*job
 }
 
 func newJobs(ctx context.Context, sn snapshots.Snapshotter, n int, ttl time.Duration) *jobs {
-	return &jobs{ctx: ctx, sn: sn, sem: make(chan struct{}, max(n, 1)), ttl: ttl, byID: map[digest.Digest]*job{}}
+	return &jobs{ctx: ctx, sn: sn, sem: make(chan struct{}, max(n, 1)), ahead: make(chan struct{}, max(n, 1)), ttl: ttl, byID: map[digest.Digest]*job{}}
 }
 
 // start begins unpacking layer d from st unless it is already under way.
@@ -50,13 +52,7 @@ func (j *jobs) start(st *store.Store, d digest.Digest) *job {
 	j.byID[d] = jb
 	go func() {
 		ctx := log.WithLogger(j.ctx, log.G(j.ctx).WithField("layer", d))
-		select {
-		case j.sem <- struct{}{}:
-			jb.result, jb.err = unpackLayer(ctx, j.sn, st, d)
-			<-j.sem
-		case <-ctx.Done():
-			jb.err = ctx.Err()
-		}
+		jb.result, jb.err = j.run(ctx, st, d)
 		j.mu.Lock()
 		defer j.mu.Unlock()
 		close(jb.done)
@@ -79,6 +75,28 @@ func (j *jobs) storeOf(d digest.Digest) *store.Store {
 		return jb.st
 	}
 	return nil
+}
+
+// run unpacks layer d from st in one of the n slots. While it waits for
+// one, it looks up the layer's index (an S3 round trip, and the index's
+// download): at most n layers do so ahead of their slot, as each holds
+// its decoded index.
+func (j *jobs) run(ctx context.Context, st *store.Store, d digest.Digest) (*staged, error) {
+	select {
+	case j.ahead <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	toc, tocErr := lazy.FetchVerifiableTOC(ctx, st, d)
+	select {
+	case j.sem <- struct{}{}:
+		<-j.ahead
+	case <-ctx.Done():
+		<-j.ahead
+		return nil, ctx.Err()
+	}
+	defer func() { <-j.sem }()
+	return unpackLayerWith(ctx, j.sn, st, d, toc, tocErr)
 }
 
 // claim waits for layer d's job and takes its result; it is then the

@@ -39,9 +39,19 @@ type staged struct {
 // which the caller checks against the chain ID like any unpack; an index
 // that fails (damaged, not the layer's) is left for the layer's blob.
 func unpackLayer(ctx context.Context, sn snapshots.Snapshotter, st *store.Store, d digest.Digest) (*staged, error) {
-	sl, err := unpackIndexed(ctx, sn, st, d)
+	toc, err := lazy.FetchVerifiableTOC(ctx, st, d)
+	return unpackLayerWith(ctx, sn, st, d, toc, err)
+}
+
+// unpackLayerWith is unpackLayer once layer d's v2 index has been looked
+// up: toc, or tocErr (lazy.ErrNoIndex if there is none).
+func unpackLayerWith(ctx context.Context, sn snapshots.Snapshotter, st *store.Store, d digest.Digest, toc *lazy.TOC, tocErr error) (*staged, error) {
+	err := tocErr
 	if err == nil {
-		return sl, nil
+		var sl *staged
+		if sl, err = unpackIndexed(ctx, sn, st, d, toc); err == nil {
+			return sl, nil
+		}
 	}
 	if !errors.Is(err, lazy.ErrNoIndex) && ctx.Err() == nil {
 		log.G(ctx).WithError(err).WithField("layer", d).Warn("unpack from the lazy index failed; unpacking the layer blob")
@@ -50,13 +60,8 @@ func unpackLayer(ctx context.Context, sn snapshots.Snapshotter, st *store.Store,
 	return unpackBlob(ctx, sn, st, d)
 }
 
-// unpackIndexed unpacks layer d from its v2 lazy index in st. No v2 index
-// is an error wrapping lazy.ErrNoIndex.
-func unpackIndexed(ctx context.Context, sn snapshots.Snapshotter, st *store.Store, d digest.Digest) (_ *staged, retErr error) {
-	toc, err := lazy.FetchVerifiableTOC(ctx, st, d)
-	if err != nil {
-		return nil, err
-	}
+// unpackIndexed unpacks layer d from toc, its v2 lazy index in st.
+func unpackIndexed(ctx context.Context, sn snapshots.Snapshotter, st *store.Store, d digest.Digest, toc *lazy.TOC) (_ *staged, retErr error) {
 	ra, err := st.ExtraReaderAt(ctx, toc.Key("data"), toc.DataSize)
 	if err != nil {
 		return nil, err
