@@ -136,7 +136,7 @@ type FetchConfig struct {
 	// each also decodes and writes files on all the CPUs it is given.
 	// The default is the CPUs the agent may use (GOMAXPROCS, which
 	// follows its affinity and cgroup CPU limit), at most 4: each job
-	// holds up to ~100MiB of buffers.
+	// holds buffers, ~70MiB on 2 CPUs and up to ~200MiB on many.
 	UnpackJobs int `toml:"unpack_jobs"`
 }
 
