@@ -46,6 +46,10 @@ cleanup() {
     done
   fi
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null; wait "${pids[i]}" 2>/dev/null; done
+  # The lazy FUSE server outlives the agent (in a session of its own, as a
+  # restart needs): stop it, or it keeps its mounts and chunk cache.
+  [[ -f ${root:-/nonexistent}/etc/s3snap/config.toml ]] &&
+    "$work/s3snap" agent fused --stop --config "$root/etc/s3snap/config.toml" >/dev/null 2>&1
   rm -f "${hostsdir:-/nonexistent}"
   [[ -z ${BUCKET:-} ]] || "$work/mkbucket" -rm "$S3SNAP_S3_ENDPOINT" "$BUCKET" || echo "demo: could not remove bucket $BUCKET" >&2
   grep -o " $work[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null

@@ -43,4 +43,12 @@ func TestDemo(t *testing.T) {
 			t.Errorf("make demo exited 0 but did not print %q:\n%s", want, out.String())
 		}
 	}
+	// Its cleanup left nothing behind: no step failed in it, and no lazy
+	// FUSE server of the demo's (they outlive the agent) still runs.
+	if strings.Contains(out.String(), "FAILED") {
+		t.Errorf("make demo passed but a command failed:\n%s", out.String())
+	}
+	if ps, _ := exec.Command("pgrep", "-af", "s3demo.*agent fused").Output(); len(ps) > 0 {
+		t.Errorf("the demo left its lazy FUSE server running:\n%s", ps)
+	}
 }
