@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/s3snap/s3snap/internal/iox"
 )
 
 // maxStreamJobs bounds a stream's runs in flight by default, and so its
@@ -38,12 +40,15 @@ func (t *TOC) ParallelStream(ctx context.Context, ra io.ReaderAt, jobs int) io.R
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	s := &parallelStream{t: t, ra: ra, cancel: cancel, runs: make(chan chan runResult, jobs)}
+	s.r = iox.BlockReader{Next: s.next, Put: func(b *[]byte) { runBufs.Put(b) }}
 	// Frame checksums are not checked: the rebuilt tar's digest is, and
 	// it covers every byte.
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(jobs), zstd.WithDecoderMaxMemory(2*MaxChunkSize),
 		zstd.IgnoreChecksum(true))
 	if err != nil {
-		s.err = err
+		failed := make(chan runResult, 1)
+		failed <- runResult{err: err}
+		s.runs <- failed
 		close(s.runs)
 		return s
 	}
@@ -83,9 +88,7 @@ type parallelStream struct {
 	dec    *zstd.Decoder
 	cancel context.CancelFunc
 	runs   chan chan runResult // one per run, in stream order; its capacity bounds the runs in flight
-	buf    []byte              // what is left to read of held
-	held   *[]byte             // the run being read, back to runBufs once read
-	err    error
+	r      iox.BlockReader     // over next's runs
 	closed sync.Once
 }
 
@@ -151,29 +154,17 @@ func (s *parallelStream) run(ctx context.Context, first, last int) runResult {
 	return runResult{data: buf}
 }
 
-func (s *parallelStream) Read(p []byte) (int, error) {
-	for len(s.buf) == 0 && s.err == nil {
-		if s.held != nil {
-			runBufs.Put(s.held)
-			s.held = nil
-		}
-		ch, ok := <-s.runs
-		if !ok {
-			s.err = io.EOF
-			break
-		}
-		r := <-ch
-		s.err = r.err
-		if r.data != nil {
-			s.held, s.buf = r.data, *r.data
-		}
+func (s *parallelStream) Read(p []byte) (int, error) { return s.r.Read(p) }
+
+// next is the stream's BlockReader.Next: each run's decoded bytes, in
+// order.
+func (s *parallelStream) next() (*[]byte, error) {
+	ch, ok := <-s.runs
+	if !ok {
+		return nil, io.EOF
 	}
-	if len(s.buf) > 0 {
-		n := copy(p, s.buf)
-		s.buf = s.buf[n:]
-		return n, nil
-	}
-	return 0, s.err
+	r := <-ch
+	return r.data, r.err
 }
 
 // Close stops the reads and decodes still running and waits for none of

@@ -21,19 +21,18 @@ const (
 // read once Close returns.
 func HashAhead(r io.Reader, h hash.Hash) *HashAheadReader {
 	a := &HashAheadReader{blocks: make(chan block, hashBlocks), stop: make(chan struct{}), done: make(chan struct{})}
+	a.r = BlockReader{Next: a.next, Put: PutBuf}
 	go a.fill(r, h)
 	return a
 }
 
 // HashAheadReader is the reader HashAhead returns.
 type HashAheadReader struct {
+	r      BlockReader
 	blocks chan block
 	stop   chan struct{}
 	done   chan struct{} // closed when fill returns
 	once   sync.Once
-	cur    []byte
-	held   *[]byte
-	err    error
 }
 
 type block struct {
@@ -41,14 +40,12 @@ type block struct {
 	err error
 }
 
-var hashBufs = sync.Pool{New: func() any { b := make([]byte, hashBlock); return &b }}
-
 func (a *HashAheadReader) fill(r io.Reader, h hash.Hash) {
 	defer close(a.done)
 	defer close(a.blocks)
 	for {
-		bp := hashBufs.Get().(*[]byte)
-		n, err := io.ReadFull(r, (*bp)[:hashBlock])
+		bp := GetBuf(hashBlock)
+		n, err := io.ReadFull(r, *bp)
 		*bp = (*bp)[:n]
 		h.Write(*bp)
 		if err == io.ErrUnexpectedEOF {
@@ -65,25 +62,14 @@ func (a *HashAheadReader) fill(r io.Reader, h hash.Hash) {
 	}
 }
 
-func (a *HashAheadReader) Read(p []byte) (int, error) {
-	for len(a.cur) == 0 && a.err == nil {
-		if a.held != nil {
-			hashBufs.Put(a.held)
-			a.held = nil
-		}
-		b, ok := <-a.blocks
-		if !ok {
-			a.err = io.ErrClosedPipe
-			break
-		}
-		a.held, a.cur, a.err = b.buf, *b.buf, b.err
+func (a *HashAheadReader) Read(p []byte) (int, error) { return a.r.Read(p) }
+
+func (a *HashAheadReader) next() (*[]byte, error) {
+	b, ok := <-a.blocks
+	if !ok {
+		return nil, io.ErrClosedPipe
 	}
-	if len(a.cur) > 0 {
-		n := copy(p, a.cur)
-		a.cur = a.cur[n:]
-		return n, nil
-	}
-	return 0, a.err
+	return b.buf, b.err
 }
 
 // Close stops the reading goroutine and waits for it: a read of r in

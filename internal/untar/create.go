@@ -14,6 +14,8 @@ import (
 
 	"github.com/containerd/continuity/fs"
 	"golang.org/x/sys/unix"
+
+	"github.com/s3snap/s3snap/internal/iox"
 )
 
 // create makes the entry hdr at path, whose parent exists (and has the
@@ -44,9 +46,9 @@ func (a *applier) create(hdr *tar.Header, tr io.Reader, path string, parentSetgi
 			if err := a.sem.Acquire(a.ctx, hdr.Size); err != nil {
 				return err
 			}
-			data := getBuf(hdr.Size)
+			data := iox.GetBuf(hdr.Size)
 			if _, err := io.ReadFull(tr, *data); err != nil {
-				putBuf(data)
+				iox.PutBuf(data)
 				a.sem.Release(hdr.Size)
 				return err
 			}

@@ -33,6 +33,8 @@ import (
 	"github.com/containerd/continuity/fs"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/sys/unix"
+
+	"github.com/s3snap/s3snap/internal/iox"
 )
 
 const (
@@ -143,7 +145,7 @@ type applier struct {
 type job struct {
 	path         string
 	hdr          *tar.Header
-	data         *[]byte // from getBuf; the worker puts it back
+	data         *[]byte // from iox.GetBuf; the worker puts it back
 	parentSetgid bool
 }
 
@@ -330,7 +332,7 @@ func (a *applier) work() {
 			}
 		}
 		a.sem.Release(int64(len(*j.data)))
-		putBuf(j.data)
+		iox.PutBuf(j.data)
 		a.pending.Done()
 	}
 }
