@@ -76,3 +76,23 @@ func TestParallelStream(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParallelStream: a damaged or hostile data object behind a valid
+// index never panics the parallel stream nor makes it return more or less
+// than the index's stream length without an error. (Decoded bytes may
+// differ without error: the stream leaves the check to the rebuilt tar's
+// digest, as TestAgentEagerFromIndex shows.)
+func FuzzParallelStream(f *testing.F) {
+	b := build(&testing.T{}, 1024, dir("bin"), reg("bin/a", random(3, 5000)), reg("etc/b", []byte("b")))
+	f.Add(b.data)
+	f.Add(b.data[:len(b.data)/2])
+	f.Fuzz(func(t *testing.T, data []byte) {
+		jobs := len(data)%3 + 1
+		s := b.toc.ParallelStream(context.Background(), bytes.NewReader(data), jobs)
+		defer s.Close()
+		got, err := io.ReadAll(s)
+		if err == nil && int64(len(got)) != b.toc.StreamSize() {
+			t.Fatalf("%d bytes without an error, the index says %d", len(got), b.toc.StreamSize())
+		}
+	})
+}
